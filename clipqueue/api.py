@@ -1,0 +1,167 @@
+"""The HTTP API: one blueprint under ``/api/v1``, JSON in and out."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+
+import redis
+from flask import Blueprint, current_app, jsonify, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from clipqueue import deadletter
+from clipqueue.exceptions import ValidationError
+from clipqueue.jobs import job_logger, job_store
+from clipqueue.models import Clip, db
+from clipqueue.queue import dead_letter_count, enqueue_job, pending_count, unqueued_clips
+from clipqueue.validation import validate_clip_request
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None):
+    return jsonify({"error": {"code": code, "message": message, "field": field}}), status
+
+
+@bp.before_request
+def require_token():
+    """With ``API_TOKENS`` set, calls that change anything need a bearer token."""
+    tokens = current_app.config["CLIPQUEUE"].api_tokens
+    if not tokens or request.method in SAFE_METHODS:
+        return None
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return error_response(401, "unauthorized", "this call needs Authorization: Bearer <token>")
+    presented = presented.strip().encode()
+    # Compare against every token, in constant time, so timing reveals nothing.
+    matches = [hmac.compare_digest(presented, token.encode()) for token in tokens]
+    if not any(matches):
+        return error_response(403, "forbidden", "the bearer token is not valid")
+    return None
+
+
+@bp.errorhandler(ValidationError)
+def validation_failed(exc: ValidationError):
+    return error_response(400, exc.code, exc.message, exc.field)
+
+
+@bp.errorhandler(redis.RedisError)
+def redis_unavailable(exc: redis.RedisError):
+    log.warning("Redis unavailable: %s", exc)
+    return error_response(503, "redis_unavailable", "the job store (Redis) is unavailable; try again")
+
+
+def _find_clip(clip_id: str) -> Clip | None:
+    try:
+        key = uuid.UUID(clip_id)
+    except ValueError:
+        return None
+    return db.session.get(Clip, key)
+
+
+def _clip_not_found(clip_id: str):
+    return error_response(404, "not_found", f"no clip with id {clip_id!r}", "clip_id")
+
+
+@bp.post("/clips")
+def create_clip():
+    """Validate, record the clip as ``processing``, then queue its job."""
+    data = request.get_json(silent=True)
+    if data is None:
+        return error_response(400, "invalid_json", "the request body must be JSON (Content-Type: application/json)")
+    clip_input = validate_clip_request(data, current_app.config["CLIPQUEUE"])
+    clip = Clip(
+        vod_url=clip_input.vod_url,
+        start_time=clip_input.start_time,
+        end_time=clip_input.end_time,
+        quality=clip_input.quality,
+        mode=clip_input.mode,
+        title=clip_input.title,
+    )
+    db.session.add(clip)
+    # Commit before queuing: a worker must always find the row it is sent.
+    db.session.commit()
+    job_logger(log, str(clip.id)).info("clip created for %s", clip.vod_url)
+    enqueue_job(clip)
+    response = jsonify(clip.to_dict())
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.get_clip", clip_id=str(clip.id))
+    return response
+
+
+@bp.get("/clips/<clip_id>")
+def get_clip(clip_id: str):
+    clip = _find_clip(clip_id)
+    if clip is None:
+        return _clip_not_found(clip_id)
+    return jsonify(clip.to_dict())
+
+
+@bp.get("/clips/<clip_id>/job")
+def get_job(clip_id: str):
+    """The job's metadata from Redis (the seed's GetJobStatus)."""
+    try:
+        uuid.UUID(clip_id)
+    except ValueError:
+        return _clip_not_found(clip_id)
+    job = job_store().get(clip_id)
+    if job is None:
+        return error_response(
+            404, "job_not_found",
+            f"no job metadata for clip {clip_id!r} (not queued yet, or expired)", "clip_id",
+        )
+    return jsonify(job)
+
+
+@bp.get("/queue")
+def queue_counts():
+    """Jobs waiting in ``clip_extraction_jobs`` and in the dead-letter queue."""
+    return jsonify({
+        "pending": pending_count(),
+        "dead_letter": dead_letter_count(),
+        "not_yet_queued": len(unqueued_clips()),
+    })
+
+
+@bp.get("/dead-letter")
+def list_dead_letters():
+    limit = request.args.get("limit", default=100, type=int)
+    if limit is None or not 1 <= limit <= 1000:
+        return error_response(400, "invalid_field", "limit must be 1 to 1000", "limit")
+    entries = deadletter.list_entries(limit)
+    return jsonify({"count": dead_letter_count(), "jobs": entries})
+
+
+@bp.post("/dead-letter/<clip_id>/replay")
+def replay_dead_letter(clip_id: str):
+    """Queue a dead-lettered job again; a second replay finds nothing to do and says so."""
+    clip = _find_clip(clip_id)
+    if clip is None:
+        return _clip_not_found(clip_id)
+    replayed = deadletter.replay(clip_id)
+    db.session.refresh(clip)
+    return jsonify({"clip_id": clip_id, "replayed": replayed, "status": clip.status}), 202 if replayed else 200
+
+
+def register_error_handlers(app) -> None:
+    """Every HTTP error under ``/api/`` is JSON, never an HTML page."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if not request.path.startswith("/api/"):
+            return exc
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception):
+        if isinstance(exc, HTTPException):
+            return http_error(exc)
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error")

@@ -1,0 +1,63 @@
+"""Celery wired to Flask, as in Flask's own Celery example: tasks run inside the app context."""
+
+from __future__ import annotations
+
+from celery import Celery, Task
+from celery.signals import worker_process_init
+from flask import Flask
+
+from clipqueue.config import Settings
+from clipqueue.queue import SWEEP_OUTBOX_TASK
+
+
+class AppContextTask(Task):
+    """Runs the task body, and its failure hooks, inside the Flask app context."""
+
+    abstract = True
+
+    def flask_context(self):
+        return self.app.flask_app.app_context()
+
+    def __call__(self, *args, **kwargs):
+        with self.flask_context():
+            return super().__call__(*args, **kwargs)
+
+
+def celery_init_app(app: Flask, settings: Settings) -> Celery:
+    """Create the Celery app for ``app`` and store it in ``app.extensions["celery"]``."""
+    celery = Celery(app.name, task_cls=AppContextTask)
+    celery.config_from_object("celeryconfig")
+    celery.conf.update(
+        broker_url=settings.redis_url,
+        broker_transport_options={
+            "socket_connect_timeout": 2,
+            "socket_timeout": 30,
+            "health_check_interval": 10,
+        },
+        task_soft_time_limit=settings.job_soft_time_limit_seconds,
+        task_time_limit=settings.job_hard_time_limit_seconds,
+        beat_schedule={
+            "sweep-outbox": {"task": SWEEP_OUTBOX_TASK, "schedule": settings.outbox_sweep_seconds},
+        },
+    )
+    celery.flask_app = app
+    celery.set_default()
+    app.extensions["celery"] = celery
+    # Registers the shared tasks with this app.
+    import clipqueue.tasks  # noqa: F401
+
+    return celery
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_kwargs) -> None:
+    """A forked pool process must not share the parent's database connections."""
+    from celery import current_app as current_celery
+
+    flask_app = getattr(current_celery, "flask_app", None)
+    if flask_app is None:
+        return
+    from clipqueue.models import db
+
+    with flask_app.app_context():
+        db.engine.dispose(close=False)

@@ -1,0 +1,67 @@
+"""The ``clipqueue`` command: Flask's CLI (``clipqueue db upgrade``, ``clipqueue run``) plus operator commands."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask.cli import FlaskGroup, with_appcontext
+
+from clipqueue import create_app, deadletter
+
+
+def _make_app(*_args, **_kwargs):
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_make_app)
+def main() -> None:
+    """clipqueue: cut clips from VODs."""
+
+
+@main.group("dead-letter")
+def dead_letter() -> None:
+    """Inspect and replay jobs that failed for good."""
+
+
+@dead_letter.command("list")
+@with_appcontext
+def dead_letter_list() -> None:
+    """Print every dead-lettered job as a JSON line."""
+    for entry in deadletter.list_entries():
+        entry.pop("traceback", None)
+        click.echo(json.dumps(entry, sort_keys=True))
+
+
+@dead_letter.command("show")
+@click.argument("clip_id")
+@with_appcontext
+def dead_letter_show(clip_id: str) -> None:
+    """Print one dead-lettered job, with its traceback."""
+    entry = deadletter.get_entry(clip_id)
+    if entry is None:
+        raise click.ClickException(f"clip {clip_id} is not in the dead-letter queue")
+    click.echo(json.dumps(entry, indent=2, sort_keys=True))
+
+
+@dead_letter.command("replay")
+@click.argument("clip_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead-lettered job.")
+@with_appcontext
+def dead_letter_replay(clip_ids: tuple[str, ...], replay_all: bool) -> None:
+    """Queue dead-lettered jobs again."""
+    if replay_all:
+        clip_ids = tuple(entry["clip_id"] for entry in deadletter.list_entries())
+    if not clip_ids:
+        raise click.UsageError("name clip ids, or pass --all")
+    for clip_id in clip_ids:
+        replayed = deadletter.replay(clip_id)
+        click.echo(f"{clip_id}: {'replayed' if replayed else 'not in the dead-letter queue'}")
+
+
+@dead_letter.command("purge")
+@click.confirmation_option(prompt="Drop every dead-lettered job?")
+@with_appcontext
+def dead_letter_purge() -> None:
+    """Drop every dead-lettered job (their clips stay failed)."""
+    click.echo(f"purged {deadletter.purge()} job(s)")

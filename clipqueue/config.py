@@ -1,0 +1,127 @@
+"""Settings read from the environment, with defaults from :mod:`clipqueue.defaults`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from urllib.parse import quote
+
+from clipqueue import defaults
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip().lower() for item in value.split(",") if item.strip())
+
+
+def _tokens(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def redis_url_from_env(env: Mapping[str, str]) -> str:
+    """Return ``REDIS_URL``, or a URL built from the seed's ``REDIS_HOST``/``PORT``/``PASSWORD``/``DB``."""
+    if env.get("REDIS_URL"):
+        return env["REDIS_URL"]
+    host = env.get("REDIS_HOST", defaults.REDIS_HOST)
+    port = env.get("REDIS_PORT", str(defaults.REDIS_PORT))
+    password = env.get("REDIS_PASSWORD", defaults.REDIS_PASSWORD)
+    db = env.get("REDIS_DB", str(defaults.REDIS_DB))
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{port}/{db}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a process of clipqueue needs to know about its deployment."""
+
+    redis_url: str
+    database_url: str
+    storage_local_dir: str
+    public_base_url: str
+    s3_bucket: str
+    s3_endpoint_url: str
+    cdn_base_url: str
+    scratch_dir: str
+    allow_private_sources: bool
+    allowed_source_hosts: tuple[str, ...]
+    api_tokens: tuple[str, ...]
+    min_clip_seconds: float
+    max_clip_seconds: float
+    max_vod_seconds: float
+    max_request_bytes: int
+    job_ttl_seconds: int
+    job_max_retries: int
+    job_retry_backoff_seconds: int
+    job_retry_backoff_max_seconds: int
+    job_soft_time_limit_seconds: int
+    job_hard_time_limit_seconds: int
+    outbox_sweep_seconds: float
+    outbox_grace_seconds: float
+    fetch_concurrency: int
+    fetch_retries: int
+    fetch_timeout_seconds: float
+    max_segments: int
+    max_fetch_bytes: int
+    max_output_bytes: int
+    live_wait_deadline_seconds: float
+    live_poll_seconds: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+
+        def get(name: str, convert=str):
+            default = getattr(defaults, name)
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return convert(raw)
+            except ValueError as exc:
+                raise ValueError(f"setting {name}={raw!r} is not a valid {convert.__name__}") from exc
+
+        database_url = env.get("DATABASE_URL") or defaults.DATABASE_URL
+        # Heroku-style URLs say postgres://, which SQLAlchemy 2 no longer accepts.
+        if database_url.startswith("postgres://"):
+            database_url = "postgresql://" + database_url[len("postgres://"):]
+        return cls(
+            redis_url=redis_url_from_env(env),
+            database_url=database_url,
+            storage_local_dir=os.path.abspath(get("STORAGE_LOCAL_DIR")),
+            public_base_url=get("PUBLIC_BASE_URL").rstrip("/"),
+            s3_bucket=env.get("S3_BUCKET", ""),
+            s3_endpoint_url=env.get("S3_ENDPOINT_URL", ""),
+            cdn_base_url=env.get("CDN_BASE_URL", "").rstrip("/"),
+            scratch_dir=get("SCRATCH_DIR"),
+            allow_private_sources=_bool(env.get("ALLOW_PRIVATE_SOURCES", "false")),
+            allowed_source_hosts=_list(env.get("ALLOWED_SOURCE_HOSTS", "")),
+            api_tokens=_tokens(env.get("API_TOKENS", "")),
+            min_clip_seconds=get("MIN_CLIP_SECONDS", float),
+            max_clip_seconds=get("MAX_CLIP_SECONDS", float),
+            max_vod_seconds=get("MAX_VOD_SECONDS", float),
+            max_request_bytes=get("MAX_REQUEST_BYTES", int),
+            job_ttl_seconds=get("JOB_TTL_SECONDS", int),
+            job_max_retries=get("JOB_MAX_RETRIES", int),
+            job_retry_backoff_seconds=get("JOB_RETRY_BACKOFF_SECONDS", int),
+            job_retry_backoff_max_seconds=get("JOB_RETRY_BACKOFF_MAX_SECONDS", int),
+            job_soft_time_limit_seconds=get("JOB_SOFT_TIME_LIMIT_SECONDS", int),
+            job_hard_time_limit_seconds=get("JOB_HARD_TIME_LIMIT_SECONDS", int),
+            outbox_sweep_seconds=get("OUTBOX_SWEEP_SECONDS", float),
+            outbox_grace_seconds=get("OUTBOX_GRACE_SECONDS", float),
+            fetch_concurrency=get("FETCH_CONCURRENCY", int),
+            fetch_retries=get("FETCH_RETRIES", int),
+            fetch_timeout_seconds=get("FETCH_TIMEOUT_SECONDS", float),
+            max_segments=get("MAX_SEGMENTS", int),
+            max_fetch_bytes=get("MAX_FETCH_BYTES", int),
+            max_output_bytes=get("MAX_OUTPUT_BYTES", int),
+            live_wait_deadline_seconds=get("LIVE_WAIT_DEADLINE_SECONDS", float),
+            live_poll_seconds=get("LIVE_POLL_SECONDS", float),
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)

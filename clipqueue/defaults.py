@@ -1,0 +1,48 @@
+"""Default values of every setting, in one place.
+
+Each constant is overridden by the environment variable of the same name
+(see :mod:`clipqueue.config`).
+"""
+
+REDIS_HOST = "localhost"
+REDIS_PORT = 6379
+REDIS_PASSWORD = ""
+REDIS_DB = 0
+REDIS_SOCKET_TIMEOUT = 5.0
+
+DATABASE_URL = "sqlite:///clipqueue.db"
+
+STORAGE_LOCAL_DIR = "media"
+PUBLIC_BASE_URL = "http://localhost:8000"
+SCRATCH_DIR = ""  # empty: the system temporary folder
+
+# Clip limits: Twitch allows clips of 1 to 60 seconds.
+MIN_CLIP_SECONDS = 1.0
+MAX_CLIP_SECONDS = 60.0
+MAX_VOD_SECONDS = 48 * 3600.0
+MAX_URL_LENGTH = 2048
+MAX_TITLE_LENGTH = 255
+MAX_REQUEST_BYTES = 16 * 1024
+
+JOB_TTL_SECONDS = 7 * 24 * 3600
+
+# Retries of transient failures (Celery autoretry_for with exponential backoff).
+JOB_MAX_RETRIES = 3
+JOB_RETRY_BACKOFF_SECONDS = 5
+JOB_RETRY_BACKOFF_MAX_SECONDS = 120
+JOB_SOFT_TIME_LIMIT_SECONDS = 600
+JOB_HARD_TIME_LIMIT_SECONDS = 660
+
+# Outbox: clips whose job could not be queued (Redis down) are queued by beat.
+OUTBOX_SWEEP_SECONDS = 10.0
+OUTBOX_GRACE_SECONDS = 5.0
+
+# Media fetching (clipqueue.media).
+FETCH_CONCURRENCY = 4
+FETCH_RETRIES = 3
+FETCH_TIMEOUT_SECONDS = 15.0
+MAX_SEGMENTS = 40
+MAX_FETCH_BYTES = 1024 * 1024 * 1024
+MAX_OUTPUT_BYTES = 512 * 1024 * 1024
+LIVE_WAIT_DEADLINE_SECONDS = 300.0
+LIVE_POLL_SECONDS = 5.0

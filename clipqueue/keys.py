@@ -1,0 +1,15 @@
+"""Redis key and queue names, in one place. These names are part of the contract (SPEC.md)."""
+
+# The Celery queue of clip jobs: a Redis list, FIFO.
+JOB_QUEUE = "clip_extraction_jobs"
+# Jobs that failed for good, as JSON records an operator can inspect and replay.
+DEAD_LETTER_QUEUE = "clip_extraction_jobs_failed"
+# Finalizing and periodic maintenance run here so that JOB_QUEUE counts only clip jobs.
+CONTROL_QUEUE = "clipqueue_control"
+
+JOB_KEY_PREFIX = "clip_extraction_job:"
+
+
+def job_key(clip_id: str) -> str:
+    """The Redis hash holding a job's metadata."""
+    return f"{JOB_KEY_PREFIX}{clip_id}"

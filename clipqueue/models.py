@@ -1,0 +1,98 @@
+"""The clip record, stored with Flask-SQLAlchemy (SQLite by default, PostgreSQL via ``DATABASE_URL``)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+
+STATUS_PROCESSING = "processing"
+STATUS_READY = "ready"
+STATUS_FAILED = "failed"
+CLIP_STATUSES = (STATUS_PROCESSING, STATUS_READY, STATUS_FAILED)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def isoformat(value: datetime | None) -> str | None:
+    """ISO 8601 UTC with a ``Z``; SQLite hands back naive datetimes, which are UTC here."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class Clip(db.Model):
+    """One requested clip and, once processed, where its files are."""
+
+    __tablename__ = "clips"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    vod_url: Mapped[str] = mapped_column(sa.Text)
+    start_time: Mapped[float] = mapped_column(sa.Float)
+    end_time: Mapped[float] = mapped_column(sa.Float)
+    quality: Mapped[str] = mapped_column(sa.String(16))
+    quality_used: Mapped[str | None] = mapped_column(sa.String(32))
+    mode: Mapped[str] = mapped_column(sa.String(16))
+    title: Mapped[str | None] = mapped_column(sa.String(255))
+    status: Mapped[str] = mapped_column(sa.String(16), index=True, default=STATUS_PROCESSING)
+    video_url: Mapped[str | None] = mapped_column(sa.Text)
+    thumbnail_url: Mapped[str | None] = mapped_column(sa.Text)
+    duration: Mapped[float | None] = mapped_column(sa.Float)
+    actual_start_time: Mapped[float | None] = mapped_column(sa.Float)
+    actual_end_time: Mapped[float | None] = mapped_column(sa.Float)
+    width: Mapped[int | None] = mapped_column(sa.Integer)
+    height: Mapped[int | None] = mapped_column(sa.Integer)
+    size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    muted_ranges: Mapped[list | None] = mapped_column(sa.JSON)
+    extraction_method: Mapped[str | None] = mapped_column(sa.String(32))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    # Null until the job reached Redis: the outbox sweep queues such clips.
+    enqueued_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    processed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "clip_id": str(self.id),
+            "id": str(self.id),
+            "vod_url": self.vod_url,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "quality": self.quality,
+            "quality_used": self.quality_used,
+            "mode": self.mode,
+            "title": self.title,
+            "status": self.status,
+            "video_url": self.video_url,
+            "thumbnail_url": self.thumbnail_url,
+            "duration": self.duration,
+            "actual_start_time": self.actual_start_time,
+            "actual_end_time": self.actual_end_time,
+            "width": self.width,
+            "height": self.height,
+            "size_bytes": self.size_bytes,
+            "muted_ranges": [list(r) for r in (self.muted_ranges or [])],
+            "extraction_method": self.extraction_method,
+            "error": self.error,
+            "created_at": isoformat(self.created_at),
+            "updated_at": isoformat(self.updated_at),
+            "processed_at": isoformat(self.processed_at),
+        }

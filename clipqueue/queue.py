@@ -1,0 +1,103 @@
+"""Putting clip jobs on the Celery queue, and reading how many wait there."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+import redis
+from celery import Celery
+from flask import current_app
+from kombu.exceptions import OperationalError as BrokerError
+
+from clipqueue.jobs import get_redis, job_logger, job_store
+from clipqueue.keys import CONTROL_QUEUE, DEAD_LETTER_QUEUE, JOB_QUEUE
+from clipqueue.models import STATUS_PROCESSING, Clip, db, utcnow
+
+log = logging.getLogger(__name__)
+
+PROCESS_TASK = "clipqueue.process_clip"
+FINALIZE_TASK = "clipqueue.finalize_clip"
+SWEEP_OUTBOX_TASK = "clipqueue.sweep_outbox"
+
+
+def celery_app() -> Celery:
+    return current_app.extensions["celery"]
+
+
+def job_fields(clip: Clip) -> dict:
+    """The job metadata that describes what to do (SPEC: job metadata)."""
+    return {
+        "vod_url": clip.vod_url,
+        "start_time": clip.start_time,
+        "end_time": clip.end_time,
+        "quality": clip.quality,
+        "mode": clip.mode,
+        "title": clip.title,
+    }
+
+
+def enqueue_job(clip: Clip) -> bool:
+    """Mirror the job's metadata in Redis and queue its Celery chain.
+
+    The clip row must already be committed. Returns False, without raising,
+    when Redis cannot be reached: the clip keeps ``enqueued_at`` empty and the
+    outbox sweep queues it once Redis is back.
+    """
+    clip_id = str(clip.id)
+    jlog = job_logger(log, clip_id)
+    app = celery_app()
+    # Task ids carry the clip id so Celery's own log lines name the clip too.
+    nonce = uuid.uuid4().hex[:8]
+    chain = app.signature(
+        PROCESS_TASK, kwargs={"clip_id": clip_id}, queue=JOB_QUEUE, immutable=True
+    ).set(task_id=f"clip-{clip_id}-extract-{nonce}") | app.signature(
+        FINALIZE_TASK, kwargs={"clip_id": clip_id}, queue=CONTROL_QUEUE
+    ).set(task_id=f"clip-{clip_id}-finalize-{nonce}")
+    try:
+        job_store().create(clip_id, job_fields(clip))
+        chain.apply_async(retry=False)
+    except (redis.RedisError, BrokerError, OSError) as exc:
+        jlog.warning("job not queued, Redis unavailable (the outbox sweep will queue it): %s", exc)
+        return False
+    clip.enqueued_at = utcnow()
+    db.session.commit()
+    jlog.info("job queued on %s", JOB_QUEUE)
+    return True
+
+
+def pending_count() -> int:
+    """Jobs waiting in ``clip_extraction_jobs`` (the seed's GetPendingJobsCount)."""
+    return int(get_redis().llen(JOB_QUEUE))
+
+
+def dead_letter_count() -> int:
+    return int(get_redis().llen(DEAD_LETTER_QUEUE))
+
+
+def unqueued_clips(limit: int = 500) -> list[Clip]:
+    """Clips created while Redis was unreachable, old enough that no request is still queuing them."""
+    grace = current_app.config["CLIPQUEUE"].outbox_grace_seconds
+    cutoff = utcnow() - timedelta(seconds=grace)
+    return (
+        Clip.query.filter(
+            Clip.status == STATUS_PROCESSING,
+            Clip.enqueued_at.is_(None),
+            Clip.created_at < cutoff,
+        )
+        .order_by(Clip.created_at)
+        .limit(limit)
+        .all()
+    )
+
+
+def sweep_outbox() -> int:
+    """Queue every clip whose job never reached Redis; return how many were queued."""
+    queued = 0
+    for clip in unqueued_clips():
+        if enqueue_job(clip):
+            queued += 1
+        else:
+            break
+    return queued

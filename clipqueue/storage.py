@@ -1,0 +1,123 @@
+"""Where finished clips go: a local folder served by ``web``, or S3 (MinIO, R2) through boto3."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from clipqueue.config import Settings
+from clipqueue.exceptions import StorageRejected, StorageUnavailable
+
+CONTENT_TYPES = {".mp4": "video/mp4", ".jpg": "image/jpeg"}
+
+
+def object_key(clip_id: str, suffix: str) -> str:
+    """The stored object's key comes from the clip id alone, so a rerun overwrites it."""
+    return f"clips/{clip_id}{suffix}"
+
+
+class Storage(Protocol):
+    def put_file(self, path: Path, key: str) -> str:
+        """Store ``path`` under ``key`` and return the object's public URL."""
+
+
+class LocalStorage:
+    """A folder; ``web`` serves it under ``/media/``."""
+
+    def __init__(self, root: str, public_base_url: str):
+        self.root = Path(root)
+        self.public_base_url = public_base_url.rstrip("/")
+
+    def put_file(self, path: Path, key: str) -> str:
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Copy beside the target, then rename: readers never see half a file.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                shutil.copyfileobj(src, out, 1024 * 1024)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return f"{self.public_base_url}/{key}"
+
+
+# S3 error codes that mean "try again later".
+_RETRYABLE_S3_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "InternalError", "ServiceUnavailable", "RequestLimitExceeded",
+}
+
+
+class S3Storage:
+    """An S3 bucket, uploaded with boto3's transfer manager (multipart past 8 MiB)."""
+
+    def __init__(self, bucket: str, endpoint_url: str = "", public_base_url: str = ""):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+                s3={"addressing_style": "path"} if endpoint_url else {},
+            ),
+        )
+        self.transfer_config = TransferConfig(multipart_threshold=8 * 1024 * 1024, max_concurrency=4)
+        if public_base_url:
+            self.public_base_url = public_base_url.rstrip("/")
+        elif endpoint_url:
+            self.public_base_url = f"{endpoint_url.rstrip('/')}/{bucket}"
+        else:
+            region = self.client.meta.region_name or "us-east-1"
+            self.public_base_url = f"https://{bucket}.s3.{region}.amazonaws.com"
+
+    def put_file(self, path: Path, key: str) -> str:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        content_type = CONTENT_TYPES.get(Path(key).suffix, "application/octet-stream")
+        try:
+            self.client.upload_file(
+                str(path), self.bucket, key,
+                ExtraArgs={"ContentType": content_type},
+                Config=self.transfer_config,
+            )
+        except ClientError as exc:
+            raise _classify_client_error(exc) from exc
+        except S3UploadFailedError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ClientError):
+                raise _classify_client_error(cause) from exc
+            raise StorageUnavailable(f"upload to s3://{self.bucket}/{key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"object store unreachable: {exc}") from exc
+        return f"{self.public_base_url}/{key}"
+
+
+def _classify_client_error(exc) -> Exception:
+    error = exc.response.get("Error", {})
+    code = error.get("Code", "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    message = f"object store refused the upload: {code or status} {error.get('Message', '')}".strip()
+    if code in _RETRYABLE_S3_CODES or status >= 500 or status == 429:
+        return StorageUnavailable(message)
+    return StorageRejected(message)
+
+
+def storage_from_settings(settings: Settings) -> Storage:
+    """S3 when ``S3_BUCKET`` is set, else the local folder."""
+    if settings.s3_bucket:
+        return S3Storage(settings.s3_bucket, settings.s3_endpoint_url, settings.cdn_base_url)
+    base = settings.cdn_base_url or f"{settings.public_base_url}/media"
+    return LocalStorage(settings.storage_local_dir, base)

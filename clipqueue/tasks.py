@@ -1,0 +1,254 @@
+"""The worker's tasks: extract and store a clip, then finalize its record.
+
+Extraction, thumbnail and upload run in one task because they share local
+files: workers on different hosts share no disk, so the upload must run where
+the file was cut. Only URLs and probe figures travel to ``finalize_clip``,
+which may run on any host.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import uuid
+from pathlib import Path
+from typing import TypedDict
+
+import sqlalchemy as sa
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from flask import current_app
+
+from clipqueue import deadletter
+from clipqueue.celery_app import AppContextTask
+from clipqueue.config import Settings
+from clipqueue.exceptions import ClipqueueError, TransientError
+from clipqueue.jobs import (
+    JOB_COMPLETED, JOB_FAILED, JOB_RETRYING, JOB_RUNNING, job_logger, job_store, now_iso, worker_name,
+)
+from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
+from clipqueue.media.thumbnail import make_thumbnail
+from clipqueue.models import STATUS_FAILED, STATUS_PROCESSING, STATUS_READY, Clip, db, utcnow
+from clipqueue.queue import FINALIZE_TASK, PROCESS_TASK, SWEEP_OUTBOX_TASK, job_fields, sweep_outbox
+from clipqueue.storage import object_key, storage_from_settings
+from clipqueue.urlpolicy import SourcePolicy
+
+log = logging.getLogger(__name__)
+
+# autoretry_for reads its backoff when the task is declared, so the retry
+# policy comes from the environment at import (it needs no app).
+_RETRY = Settings.from_env()
+RETRYABLE = (TransientError, sa.exc.OperationalError, sa.exc.InterfaceError)
+
+# Share of the progress bar that fetching and cutting take up.
+_EXTRACT_SHARE = 0.8
+
+
+class StoredClip(TypedDict):
+    """What ``process_clip`` hands to ``finalize_clip``: no local paths."""
+
+    video_url: str
+    thumbnail_url: str
+    quality_used: str
+    duration: float
+    actual_start_time: float
+    actual_end_time: float
+    width: int | None
+    height: int | None
+    size_bytes: int
+    muted_ranges: list[list[float]]
+    method: str
+
+
+def describe_error(exc: BaseException) -> str:
+    """A readable reason for the clip record and the dead-letter queue."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "job exceeded its time limit"
+    if isinstance(exc, ClipqueueError):
+        return str(exc)
+    if isinstance(exc, sa.exc.OperationalError):
+        return f"database unavailable: {exc.orig}"
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+class ClipJobTask(AppContextTask):
+    """Keeps job metadata, clip record and dead-letter queue in step with Celery's retries."""
+
+    abstract = True
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        clip_id = kwargs["clip_id"]
+        job_logger(log, clip_id).warning("retrying after: %s", describe_error(exc))
+        with self.flask_context():
+            job_store().update(clip_id, status=JOB_RETRYING, error=describe_error(exc))
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        clip_id = kwargs["clip_id"]
+        with self.flask_context():
+            fail_job(clip_id, describe_error(exc), str(einfo), self.request.retries + 1)
+
+
+def fail_job(clip_id: str, error: str, traceback: str, attempts: int) -> None:
+    """End a job for good: clip ``failed``, job ``failed``, record in the dead-letter queue.
+
+    A clip that is already ``ready`` is left alone: a late failure never undoes a success.
+    """
+    jlog = job_logger(log, clip_id)
+    db.session.rollback()
+    now = utcnow()
+    changed = db.session.execute(
+        sa.update(Clip)
+        .where(Clip.id == uuid.UUID(clip_id), Clip.status == STATUS_PROCESSING)
+        .values(status=STATUS_FAILED, error=error, processed_at=now, updated_at=now)
+    ).rowcount
+    db.session.commit()
+    if not changed:
+        jlog.info("not failing the clip: it is no longer processing")
+        return
+    clip = db.session.get(Clip, uuid.UUID(clip_id))
+    store = job_store()
+    store.update(clip_id, status=JOB_FAILED, error=error, completed_at=now_iso(), attempts=attempts)
+    deadletter.push(clip_id, job_fields(clip), error, traceback, attempts)
+    jlog.error("job failed for good after %d attempt(s): %s", attempts, error)
+
+
+@shared_task(
+    bind=True,
+    base=ClipJobTask,
+    name=PROCESS_TASK,
+    autoretry_for=RETRYABLE,
+    max_retries=_RETRY.job_max_retries,
+    retry_backoff=_RETRY.job_retry_backoff_seconds,
+    retry_backoff_max=_RETRY.job_retry_backoff_max_seconds,
+    retry_jitter=True,
+)
+def process_clip(self, clip_id: str) -> StoredClip | None:
+    """Fetch the range, cut it, make the thumbnail and upload both."""
+    jlog = job_logger(log, clip_id)
+    settings: Settings = current_app.config["CLIPQUEUE"]
+    clip = db.session.get(Clip, uuid.UUID(clip_id))
+    if clip is None:
+        jlog.warning("no such clip; dropping the job")
+        return None
+    if clip.status != STATUS_PROCESSING:
+        jlog.info("clip is already %s; nothing to do", clip.status)
+        return None
+    request = ClipRequest(
+        source_url=clip.vod_url,
+        start_time=clip.start_time,
+        end_time=clip.end_time,
+        quality=clip.quality,
+        mode=clip.mode,
+    )
+    # Hold no database connection through minutes of media work.
+    db.session.remove()
+
+    store = job_store()
+    attempt = self.request.retries + 1
+    store.update(
+        clip_id, status=JOB_RUNNING, started_at=now_iso(), attempts=attempt,
+        worker=self.request.hostname or worker_name(), stage="fetching", progress=0, error=None,
+    )
+    jlog.info("attempt %d: extracting %.3f-%.3f s (%s, %s)", attempt, request.start_time,
+              request.end_time, request.quality, request.mode)
+
+    def on_stage(stage: str, progress: int) -> None:
+        store.update(clip_id, stage=stage, progress=int(progress * _EXTRACT_SHARE))
+
+    with tempfile.TemporaryDirectory(prefix=f"clip-{clip_id}-", dir=settings.scratch_dir or None) as tmp:
+        workdir = Path(tmp)
+        result = extract_clip(request, workdir, extract_options(settings), on_stage)
+        store.update(clip_id, stage="thumbnail", progress=85)
+        thumbnail = make_thumbnail(result.path, workdir / "thumbnail.jpg")
+        store.update(clip_id, stage="uploading", progress=90)
+        storage = storage_from_settings(settings)
+        video_url = storage.put_file(result.path, object_key(clip_id, ".mp4"))
+        thumbnail_url = storage.put_file(thumbnail, object_key(clip_id, ".jpg"))
+    jlog.info("stored %s (%d bytes, %s)", video_url, result.size_bytes, result.method)
+    return StoredClip(
+        video_url=video_url,
+        thumbnail_url=thumbnail_url,
+        quality_used=result.quality_used,
+        duration=result.duration,
+        actual_start_time=result.actual_start_time,
+        actual_end_time=result.actual_end_time,
+        width=result.width,
+        height=result.height,
+        size_bytes=result.size_bytes,
+        muted_ranges=[list(r) for r in result.muted_ranges],
+        method=result.method,
+    )
+
+
+def extract_options(settings: Settings) -> ExtractOptions:
+    return ExtractOptions(
+        policy=SourcePolicy(settings.allow_private_sources, settings.allowed_source_hosts),
+        fetch_concurrency=settings.fetch_concurrency,
+        fetch_retries=settings.fetch_retries,
+        fetch_timeout=settings.fetch_timeout_seconds,
+        max_segments=settings.max_segments,
+        max_fetch_bytes=settings.max_fetch_bytes,
+        max_output_bytes=settings.max_output_bytes,
+        live_wait_deadline=settings.live_wait_deadline_seconds,
+        live_poll_interval=settings.live_poll_seconds,
+    )
+
+
+@shared_task(
+    bind=True,
+    base=ClipJobTask,
+    name=FINALIZE_TASK,
+    autoretry_for=RETRYABLE,
+    max_retries=_RETRY.job_max_retries,
+    retry_backoff=_RETRY.job_retry_backoff_seconds,
+    retry_backoff_max=_RETRY.job_retry_backoff_max_seconds,
+    retry_jitter=True,
+)
+def finalize_clip(self, stored: StoredClip | None, clip_id: str) -> None:
+    """Mark the clip ``ready`` with its URLs, once, and the job ``completed``."""
+    if stored is None:
+        return
+    jlog = job_logger(log, clip_id)
+    store = job_store()
+    store.update(clip_id, stage="finalizing", progress=95)
+    now = utcnow()
+    changed = db.session.execute(
+        sa.update(Clip)
+        .where(Clip.id == uuid.UUID(clip_id), Clip.status == STATUS_PROCESSING)
+        .values(
+            status=STATUS_READY,
+            video_url=stored["video_url"],
+            thumbnail_url=stored["thumbnail_url"],
+            quality_used=stored["quality_used"],
+            duration=stored["duration"],
+            actual_start_time=stored["actual_start_time"],
+            actual_end_time=stored["actual_end_time"],
+            width=stored["width"],
+            height=stored["height"],
+            size_bytes=stored["size_bytes"],
+            muted_ranges=stored["muted_ranges"],
+            extraction_method=stored["method"],
+            error=None,
+            processed_at=now,
+            updated_at=now,
+        )
+    ).rowcount
+    db.session.commit()
+    if not changed:
+        jlog.info("clip was already finalized; leaving it as it is")
+        return
+    store.update(
+        clip_id, status=JOB_COMPLETED, progress=100, completed_at=now_iso(), error=None,
+        video_url=stored["video_url"], thumbnail_url=stored["thumbnail_url"],
+        quality_used=stored["quality_used"],
+    )
+    jlog.info("clip ready: %s", stored["video_url"])
+
+
+@shared_task(name=SWEEP_OUTBOX_TASK)
+def sweep_outbox_task() -> int:
+    """Queue clips whose job never reached Redis (created while it was down)."""
+    queued = sweep_outbox()
+    if queued:
+        log.info("outbox sweep queued %d job(s)", queued)
+    return queued
