@@ -1,0 +1,303 @@
+"""Cut a clip out of fetched media with FFmpeg: stream copy, smart cut or re-encode.
+
+Times are VOD seconds. Packets are chosen by their timestamps from an
+ffprobe listing, so the cut never depends on FFmpeg's seeking; the output is
+an MP4 whose first video frame is a keyframe at time 0, without edit lists.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipqueue.exceptions import InvalidMedia, RangeNotInVod, SourceUnavailable
+from clipqueue.media.fetch import FetchedSegment
+from clipqueue.media.probe import probe_media
+
+FFMPEG_TIMEOUT_SECONDS = 300
+PROGRESSIVE_MARGIN_SECONDS = 2.0  # fetched past end_time so B-frames that follow it can be decoded
+MP4_FLAGS = "+faststart+negative_cts_offsets"  # first frame at 0 without an edit list despite B-frames
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """Media on disk covering part of a VOD.
+
+    ``vod_offset`` is the VOD time of the file's first video frame, or, when
+    ``zero_pts`` is set, the VOD time of timestamp ``zero_pts`` (seconds).
+    """
+
+    path: Path
+    vod_offset: float
+    zero_pts: float | None = None
+
+
+@dataclass(frozen=True)
+class CutResult:
+    """Where the clip really lies in the VOD, and how it was made."""
+
+    actual_start: float
+    actual_end: float
+    duration: float
+    width: int | None
+    height: int | None
+    size_bytes: int
+    method: str
+
+
+@dataclass(frozen=True)
+class Packet:
+    pts: float  # seconds, file timestamps
+    dts: float
+    key: bool
+
+
+@dataclass(frozen=True)
+class Streams:
+    """Packets of the first video and audio stream, in decode order."""
+
+    video: list[Packet]
+    audio: list[Packet]
+    audio_frame: float  # seconds per audio packet
+    codec: str | None
+
+
+def run_ffmpeg(args: list[str], timeout: float = FFMPEG_TIMEOUT_SECONDS, what: str = "ffmpeg") -> str:
+    """Run an ffmpeg/ffprobe command, killing it on timeout; return stdout, raise ``InvalidMedia`` on failure."""
+    with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if proc.returncode != 0:
+        message = err.decode(errors="replace").strip()[-1500:]
+        raise InvalidMedia(f"{what} failed ({proc.returncode}): {message}")
+    return out.decode(errors="replace")
+
+
+def _ffmpeg(*args: str) -> list[str]:
+    return ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args]
+
+
+def join_segments(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource:
+    """Join fetched segments into one MPEG-TS file (fMP4 is remuxed, copying streams)."""
+    if not fetched:
+        raise InvalidMedia("no segments to join")
+    dest_stem.parent.mkdir(parents=True, exist_ok=True)
+    joined = dest_stem.with_suffix(".joined")
+    with open(joined, "wb") as out:
+        written_inits: Path | None = None
+        for item in fetched:
+            if item.init_path is not None and item.init_path != written_inits:
+                with open(item.init_path, "rb") as init:
+                    shutil.copyfileobj(init, out)
+                written_inits = item.init_path
+            with open(item.path, "rb") as body:
+                shutil.copyfileobj(body, out, 1024 * 1024)
+            item.path.unlink()
+    if fetched[0].init_path is None:
+        path = joined.replace(dest_stem.with_suffix(".ts"))
+    else:
+        # One timebase (90 kHz) for every stream keeps timestamp arithmetic exact below.
+        path = dest_stem.with_suffix(".ts")
+        run_ffmpeg(_ffmpeg("-copyts", "-i", str(joined), "-map", "0:v:0?", "-map", "0:a:0?", "-c", "copy",
+                           "-f", "mpegts", str(path)), what="remuxing fMP4 segments")
+        joined.unlink()
+    return LocalSource(path, fetched[0].segment.start)
+
+
+def fetch_progressive_window(url: str, start_time: float, end_time: float, dest_stem: Path,
+                             timeout: float) -> LocalSource:
+    """Copy the part of a progressive file (MP4/TS over HTTP) around the range into a local TS file.
+
+    FFmpeg seeks with HTTP range requests; the copy starts at the keyframe
+    at or before ``start_time`` and keeps the original timestamps.
+    """
+    info = probe_media(url)
+    if end_time > info.duration + 1e-3:
+        raise RangeNotInVod(f"range {start_time:.3f}-{end_time:.3f}s ends after the file ({info.duration:.3f}s)")
+    path = dest_stem.with_suffix(".ts")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ts_shift = 10.0  # keeps early B-frame decode timestamps positive in MPEG-TS
+    seek = max(0.0, start_time)
+    # -copyts keeps source timestamps (shifted by ts_shift, no muxer delay) so VOD time maps exactly.
+    args = _ffmpeg("-rw_timeout", str(int(timeout * 1e6)), "-copyts", "-ss", f"{seek:.6f}",
+                   "-to", f"{end_time + PROGRESSIVE_MARGIN_SECONDS:.6f}", "-i", url,
+                   "-map", "0:v:0?", "-map", "0:a:0?", "-c", "copy", "-muxdelay", "0", "-muxpreload", "0",
+                   "-output_ts_offset", str(ts_shift), "-f", "mpegts", str(path))
+    try:
+        run_ffmpeg(args, what="reading the progressive source")
+    except InvalidMedia as exc:
+        if any(code in str(exc) for code in ("Connection", "timed out", "5XX", "Server returned 5")):
+            raise SourceUnavailable(str(exc)) from exc
+        raise
+    return LocalSource(path, 0.0, zero_pts=info.start_time + ts_shift)
+
+
+def probe_streams(path: Path) -> Streams:
+    """List the packets of the first video and audio stream of ``path``."""
+    out = run_ffmpeg(["ffprobe", "-v", "error", "-show_entries",
+                      "stream=index,codec_type,codec_name,time_base:packet=stream_index,pts,dts,duration,flags",
+                      "-of", "json", str(path)], what="ffprobe")
+    data = json.loads(out)
+    streams = data.get("streams", [])
+    video = next((s for s in streams if s["codec_type"] == "video"), None)
+    audio = next((s for s in streams if s["codec_type"] == "audio"), None)
+
+    def packets(stream) -> tuple[list[Packet], float]:
+        if stream is None:
+            return [], 0.0
+        num, den = (int(x) for x in stream["time_base"].split("/"))
+        result, durations = [], []
+        for p in data.get("packets", []):
+            if p["stream_index"] != stream["index"] or "pts" not in p:
+                continue
+            if "D" in p.get("flags", ""):
+                continue
+            dts = p.get("dts", p["pts"])
+            result.append(Packet(p["pts"] * num / den, dts * num / den, p.get("flags", "").startswith("K")))
+            if "duration" in p:
+                durations.append(int(p["duration"]) * num / den)
+        return result, (sorted(durations)[len(durations) // 2] if durations else 0.0)
+
+    video_packets, _ = packets(video)
+    audio_packets, audio_frame = packets(audio)
+    if not video_packets and not audio_packets:
+        raise InvalidMedia(f"{path} has no audio or video packets")
+    return Streams(video_packets, audio_packets, audio_frame, video["codec_name"] if video else None)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Video frames in display order, mapped to VOD time."""
+
+    pts: list[float]  # sorted display times (file seconds)
+    zero: float  # file time of VOD time ``offset``
+    offset: float
+    frame: float  # seconds per frame
+
+    def vod(self, pts: float) -> float:
+        return pts - self.zero + self.offset
+
+    def file(self, vod_time: float) -> float:
+        return vod_time - self.offset + self.zero
+
+
+def build_timeline(streams: Streams, source: LocalSource) -> Timeline:
+    pts = sorted(p.pts for p in streams.video)
+    steps = sorted(b - a for a, b in zip(pts, pts[1:]) if b > a)
+    frame = steps[len(steps) // 2] if steps else 1 / 30
+    if source.zero_pts is not None:
+        zero = source.zero_pts
+    else:
+        first_key = next((i for i, p in enumerate(streams.video) if p.key), 0)
+        second_key = next((i for i, p in enumerate(streams.video) if p.key and i > first_key), len(streams.video))
+        zero = min(p.pts for p in streams.video[first_key:second_key])
+    return Timeline(pts, zero, source.vod_offset, frame)
+
+
+def select_frames(timeline: Timeline, start_time: float, end_time: float) -> tuple[int, int]:
+    """Return display indices ``(first, last)`` of the frames shown in ``[start_time, end_time)``.
+
+    A frame belongs to the clip when its display time is within half a frame
+    of the range, so an end at a frame boundary keeps exactly the frames before it.
+    """
+    half = timeline.frame / 2
+    first = bisect.bisect_left(timeline.pts, timeline.file(start_time) - half)
+    last = bisect.bisect_left(timeline.pts, timeline.file(end_time) - half) - 1
+    if first >= len(timeline.pts) or last < first:
+        raise RangeNotInVod(f"no video frame of the fetched media lies in {start_time:.3f}-{end_time:.3f}s")
+    return first, last
+
+
+def closed_end(streams: Streams, timeline: Timeline, key_index: int, last: int) -> int:
+    """Return the display index where a stream copy from keyframe ``key_index`` can end, at or after ``last``.
+
+    Copying packets in decode order is only decodable if it stops where every
+    frame shown so far has been decoded and nothing later has: with B-frames
+    that is the end of a mini-GOP.
+    """
+    index_of = {pts: i for i, pts in enumerate(timeline.pts)}
+    key_pts = timeline.pts[key_index]
+    start = next(i for i, p in enumerate(streams.video) if p.pts == key_pts)
+    count, highest = 0, key_index
+    for packet in streams.video[start:]:
+        display = index_of[packet.pts]
+        count += 1
+        highest = max(highest, display)
+        if highest - key_index + 1 == count and highest >= last:
+            return highest
+    return len(timeline.pts) - 1
+
+
+def _select_copy(source: Path, out: Path, stream: str, low: float, high: float) -> None:
+    """Copy the packets of ``stream`` ("v" or "a") with file time in ``[low, high]`` to MPEG-TS ``out``."""
+    drop = f"noise=drop='not(between(pts*tb\\,{low:.6f}\\,{high:.6f}))'"
+    run_ffmpeg(_ffmpeg("-copyts", "-i", str(source), "-map", f"0:{stream}:0", "-c", "copy",
+                       f"-bsf:{stream}", drop, "-f", "mpegts", str(out)), what="selecting packets")
+
+
+def _audio_range(streams: Streams, low: float, high: float) -> tuple[float, float]:
+    """File-time bounds selecting the audio packets that start nearest ``low`` and end nearest ``high``."""
+    half = streams.audio_frame / 2
+    return low - half, high - half
+
+
+def _mux(video: Path | None, audio: Path | None, output: Path, video_is_concat: bool = False) -> None:
+    args = _ffmpeg()
+    if video is not None:
+        if video_is_concat:
+            args += ["-f", "concat", "-safe", "0"]
+        args += ["-i", str(video)]
+    if audio is not None:
+        args += ["-i", str(audio)]
+    args += ["-map", "0:v:0"] if video is not None else []
+    args += ["-map", f"{1 if video is not None else 0}:a:0"] if audio is not None else []
+    args += ["-c", "copy", "-movflags", MP4_FLAGS, "-use_editlist", "0", "-f", "mp4", str(output)]
+    run_ffmpeg(args, what="writing the clip")
+
+
+def _describe(output: Path, actual_start: float, actual_end: float, method: str) -> CutResult:
+    info = probe_media(output)
+    return CutResult(round(actual_start, 6), round(actual_end, 6), round(actual_end - actual_start, 6),
+                     info.width, info.height, output.stat().st_size, method)
+
+
+def cut_copy(source: LocalSource, streams: Streams, start_time: float, end_time: float,
+             output: Path, scratch: Path) -> CutResult:
+    """Stream copy from the keyframe at or before ``start_time`` to the first clean end at or after ``end_time``."""
+    timeline = build_timeline(streams, source)
+    first, last = select_frames(timeline, start_time, end_time)
+    keys = sorted(timeline.pts.index(p.pts) for p in streams.video if p.key)
+    at_or_before = [k for k in keys if k <= first]
+    if not at_or_before:
+        raise InvalidMedia("the fetched media has no keyframe at or before the clip's start")
+    key = at_or_before[-1]
+    end = closed_end(streams, timeline, key, last)
+    low, high = timeline.pts[key], timeline.pts[end]
+    video = scratch / "copy-video.ts"
+    _select_copy(source.path, video, "v", low - 1e-4, high + 1e-4)
+    audio = None
+    if streams.audio:
+        audio = scratch / "copy-audio.ts"
+        _select_copy(source.path, audio, "a", *_audio_range(streams, low, high + timeline.frame))
+    _mux(video, audio, output)
+    return _describe(output, timeline.vod(low), timeline.vod(high) + timeline.frame, "copy")
+
+
+def cut_clip(source: LocalSource, start_time: float, end_time: float, mode: str, output: Path, scratch: Path,
+             on_progress: Callable[[int], None] | None = None) -> CutResult:
+    """Cut ``[start_time, end_time)`` (VOD seconds) of ``source`` into the MP4 ``output``."""
+    streams = probe_streams(source.path)
+    if on_progress:
+        on_progress(10)
+    if not streams.video:
+        raise InvalidMedia("audio-only sources are not supported yet")
+    return cut_copy(source, streams, start_time, end_time, output, scratch)

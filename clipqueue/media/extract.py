@@ -1,0 +1,179 @@
+"""Extract a clip from a VOD: resolve the source, fetch what the range needs, cut it.
+
+This is the media layer's entry point for workers; it knows nothing of
+Celery, Flask or storage.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from clipqueue import defaults
+from clipqueue.exceptions import LiveVodTimeout, RangeNotInVod, SourceRejected
+from clipqueue.media import cut
+from clipqueue.media.fetch import Fetcher
+from clipqueue.media.playlist import (
+    QUALITIES,
+    MediaPlaylist,
+    choose_rendition,
+    is_master_playlist,
+    looks_like_playlist,
+    muted_ranges,
+    parse_master,
+    parse_media,
+    select_segments,
+)
+from clipqueue.urlpolicy import SourcePolicy
+
+MODES = ("accurate", "copy")
+StageCallback = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class ClipRequest:
+    """What to cut: a time range of a VOD, in seconds from its start."""
+
+    source_url: str
+    start_time: float
+    end_time: float
+    quality: str = "auto"  # source|1080p|720p|480p|360p|160p|audio_only|auto
+    mode: str = "accurate"  # accurate|copy
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Limits and tuning of one extraction; defaults come from :mod:`clipqueue.defaults`."""
+
+    policy: SourcePolicy = field(default_factory=SourcePolicy)
+    fetch_concurrency: int = defaults.FETCH_CONCURRENCY
+    fetch_retries: int = defaults.FETCH_RETRIES
+    fetch_timeout: float = defaults.FETCH_TIMEOUT_SECONDS
+    max_segments: int = defaults.MAX_SEGMENTS
+    max_fetch_bytes: int = defaults.MAX_FETCH_BYTES
+    max_output_bytes: int = defaults.MAX_OUTPUT_BYTES
+    live_wait_deadline: float = defaults.LIVE_WAIT_DEADLINE_SECONDS
+    live_poll_interval: float = defaults.LIVE_POLL_SECONDS
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """The finished clip and where it really lies in the VOD."""
+
+    path: Path
+    quality_used: str
+    actual_start_time: float
+    actual_end_time: float
+    duration: float
+    width: int | None
+    height: int | None
+    size_bytes: int
+    muted_ranges: list[tuple[float, float]]
+    method: str  # "smart_cut", "reencode" or "copy"
+    bytes_fetched: int
+
+
+def _validate(request: ClipRequest) -> None:
+    if request.mode not in MODES:
+        raise SourceRejected(f"unknown mode {request.mode!r}; expected one of {', '.join(MODES)}")
+    if request.quality not in QUALITIES:
+        raise SourceRejected(f"unknown quality {request.quality!r}; expected one of {', '.join(QUALITIES)}")
+    if request.start_time < 0 or request.end_time <= request.start_time:
+        raise RangeNotInVod(f"invalid range {request.start_time}-{request.end_time}")
+
+
+def _is_playlist_url(url: str) -> bool:
+    return urlsplit(url).path.lower().endswith((".m3u8", ".m3u"))
+
+
+def wait_for_range(fetcher: Fetcher, playlist: MediaPlaylist, end_time: float,
+                   options: ExtractOptions) -> MediaPlaylist:
+    """Return ``playlist`` once it reaches ``end_time``, re-reading a live (EVENT) playlist until then.
+
+    Waiting is not a failed attempt; after ``live_wait_deadline`` seconds it
+    raises ``LiveVodTimeout``.
+    """
+    deadline = time.monotonic() + options.live_wait_deadline
+    while not playlist.ended and playlist.duration < end_time:
+        if time.monotonic() + options.live_poll_interval > deadline:
+            raise LiveVodTimeout(
+                f"live VOD reached {playlist.duration:.1f}s, not the clip's end {end_time:.1f}s, "
+                f"within {options.live_wait_deadline:.0f}s"
+            )
+        time.sleep(options.live_poll_interval)
+        text, url = fetcher.get_text(playlist.url)
+        playlist = parse_media(text, url)
+    return playlist
+
+
+def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = ExtractOptions(),
+                 on_stage: StageCallback | None = None) -> ExtractResult:
+    """Cut ``request`` out of its VOD into ``workdir/clip.mp4`` and describe the result.
+
+    ``on_stage(stage, progress)`` is called with "fetching" then "cutting"
+    and a progress of 0-100. Raises the classes of :mod:`clipqueue.exceptions`.
+    """
+    _validate(request)
+    stage = on_stage or (lambda name, progress: None)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch = workdir / "extract-tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    output = workdir / "clip.mp4"
+    stage("fetching", 0)
+    try:
+        with Fetcher(options.policy, options.fetch_concurrency, options.fetch_retries,
+                     options.fetch_timeout, options.max_fetch_bytes) as fetcher:
+            url = request.source_url
+            if _is_playlist_url(url) or looks_like_playlist(fetcher.head_bytes(url)):
+                text, url = fetcher.get_text(url)
+                quality_used = None  # a media playlist names no rendition: reported from the clip below
+                if is_master_playlist(text):
+                    rendition = choose_rendition(parse_master(text, url), request.quality)
+                    quality_used = rendition.name
+                    text, url = fetcher.get_text(rendition.url)
+                playlist = wait_for_range(fetcher, parse_media(text, url), request.end_time, options)
+                segments = select_segments(playlist, request.start_time, request.end_time)
+                if not segments:
+                    raise RangeNotInVod(f"no segment of the VOD overlaps {request.start_time}-{request.end_time}")
+                if len(segments) > options.max_segments:
+                    raise RangeNotInVod(f"the range needs {len(segments)} segments, more than {options.max_segments}")
+                fetched = fetcher.fetch_segments(
+                    segments, scratch / "segments",
+                    on_progress=lambda done, total: stage("fetching", min(99, 100 * done // max(1, total))),
+                )
+                source = cut.join_segments(fetched, scratch / "source")
+            else:
+                quality_used = "source"
+                source = cut.fetch_progressive_window(url, request.start_time, request.end_time, scratch / "source",
+                                                      options.fetch_timeout)
+                segments = []
+            # FFmpeg reads progressive files itself; what it kept is a lower bound of what it read.
+            bytes_fetched = fetcher.bytes_fetched + (0 if segments else source.path.stat().st_size)
+        stage("fetching", 100)
+        stage("cutting", 0)
+        clip = cut.cut_clip(source, request.start_time, request.end_time, request.mode, output, scratch,
+                            on_progress=lambda progress: stage("cutting", progress))
+        if clip.size_bytes > options.max_output_bytes:
+            output.unlink(missing_ok=True)
+            raise SourceRejected(f"clip is {clip.size_bytes} bytes, more than {options.max_output_bytes}")
+        stage("cutting", 100)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if clip.width is None:
+        quality_used = "audio_only"
+    elif quality_used is None:
+        quality_used = f"{clip.height}p"
+    return ExtractResult(
+        path=output, quality_used=quality_used,
+        actual_start_time=clip.actual_start, actual_end_time=clip.actual_end,
+        duration=clip.duration, width=clip.width, height=clip.height, size_bytes=clip.size_bytes,
+        muted_ranges=muted_ranges(segments, clip.actual_start, clip.actual_end), method=clip.method,
+        bytes_fetched=bytes_fetched,
+    )
+

@@ -1,0 +1,294 @@
+"""Fetch playlists and segments over HTTP: checked, bounded, retried, streamed to disk.
+
+Every URL (including each redirect hop) passes :func:`check_url`. Segments
+are fetched in parallel over a pool of keep-alive connections; when there
+are fewer segments than connections and the server accepts ranges, segments
+are split into byte ranges so every connection is busy. Bodies are streamed
+to disk, so memory does not grow with the clip.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from clipqueue.exceptions import (
+    ClipqueueError,
+    InvalidMedia,
+    SourceNotFound,
+    SourceRejected,
+    SourceUnavailable,
+    TransientError,
+)
+from clipqueue.media.playlist import Segment
+from clipqueue.urlpolicy import SourcePolicy, check_url
+
+MAX_REDIRECTS = 5
+MAX_PLAYLIST_BYTES = 8 * 1024 * 1024
+STREAM_CHUNK_BYTES = 256 * 1024
+RANGE_PART_MIN_BYTES = 512 * 1024  # below this a byte range is not worth its own request
+BACKOFF_BASE_SECONDS = 0.25
+BACKOFF_MAX_SECONDS = 4.0
+USER_AGENT = "clipqueue/1"
+
+
+def error_for_status(url: str, status: int) -> ClipqueueError:
+    """Map an HTTP error status to the exception class that decides retries."""
+    if status in (404, 410):
+        return SourceNotFound(f"source answered {status} for {url}")
+    if status == 429 or status >= 500:
+        return SourceUnavailable(f"source answered {status} for {url}")
+    return SourceRejected(f"source answered {status} for {url}")
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based): exponential, capped."""
+    return min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+
+
+@dataclass(frozen=True)
+class FetchedSegment:
+    """A segment on disk; fMP4 segments need their ``init_path`` in front to be read."""
+
+    segment: Segment
+    path: Path
+    init_path: Path | None = None
+
+
+class Fetcher:
+    """An HTTP client for one job: a keep-alive pool, a byte budget and a count of bytes fetched."""
+
+    def __init__(self, policy: SourcePolicy, concurrency: int, retries: int, timeout: float, max_bytes: int):
+        self.policy = policy
+        self.concurrency = max(1, concurrency)
+        self.retries = max(0, retries)
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._bytes = 0
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.concurrency + 2, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers["User-Agent"] = USER_AGENT
+
+    @property
+    def bytes_fetched(self) -> int:
+        return self._bytes
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> "Fetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _count(self, size: int) -> None:
+        with self._lock:
+            self._bytes += size
+            over = self._bytes > self.max_bytes
+        if over:
+            raise InvalidMedia(f"source needs more than the {self.max_bytes} byte fetch limit")
+
+    def _open(self, url: str, headers: dict[str, str] | None = None) -> requests.Response:
+        """GET ``url`` following redirects by hand, so each hop is checked; the response is unread."""
+        for _ in range(MAX_REDIRECTS + 1):
+            check_url(url, self.policy)
+            try:
+                response = self._session.get(url, headers=headers, stream=True, timeout=self.timeout,
+                                             allow_redirects=False)
+            except requests.RequestException as exc:
+                raise SourceUnavailable(f"cannot fetch {url}: {exc.__class__.__name__}: {exc}") from exc
+            if response.is_redirect and "location" in response.headers:
+                response.close()
+                url = urljoin(url, response.headers["location"])
+                continue
+            if response.status_code >= 400:
+                response.close()
+                raise error_for_status(url, response.status_code)
+            return response
+        raise SourceRejected(f"more than {MAX_REDIRECTS} redirects from {url}")
+
+    def _with_retries(self, action: Callable[[], object]):
+        attempt = 0
+        while True:
+            try:
+                return action()
+            except TransientError:
+                attempt += 1
+                if attempt > self.retries:
+                    raise
+                time.sleep(retry_delay(attempt))
+
+    def get_text(self, url: str) -> tuple[str, str]:
+        """Return a playlist's text and its final URL (after redirects), with retries."""
+
+        def fetch() -> tuple[str, str]:
+            response = self._open(url)
+            with response:
+                body = bytearray()
+                try:
+                    for chunk in response.iter_content(STREAM_CHUNK_BYTES):
+                        body += chunk
+                        if len(body) > MAX_PLAYLIST_BYTES:
+                            raise InvalidMedia(f"{url} is larger than {MAX_PLAYLIST_BYTES} bytes: not a playlist")
+                except requests.RequestException as exc:
+                    raise SourceUnavailable(f"reading {url} failed: {exc}") from exc
+                self._count(len(body))
+                return body.decode("utf-8", errors="replace"), response.url
+
+        return self._with_retries(fetch)
+
+    def head_bytes(self, url: str, count: int = 64) -> bytes:
+        """Return the first ``count`` bytes of ``url`` (to tell a playlist from a media file)."""
+
+        def fetch() -> bytes:
+            response = self._open(url, {"Range": f"bytes=0-{count - 1}"})
+            with response:
+                try:
+                    data = response.raw.read(count)
+                except Exception as exc:  # urllib3 raises several unrelated types on a broken read
+                    raise SourceUnavailable(f"reading {url} failed: {exc}") from exc
+            self._count(len(data))
+            return data
+
+        return self._with_retries(fetch)
+
+    def _download_range(self, url: str, path: Path, file_offset: int, first: int | None, last: int | None) -> int | None:
+        """Write bytes ``first..last`` of ``url`` at ``file_offset`` in ``path``; return the resource's total size if known.
+
+        Raises ``SourceUnavailable`` on a short or broken body so the caller retries.
+        """
+        headers = None
+        if first is not None:
+            headers = {"Range": f"bytes={first}-{'' if last is None else last}"}
+        response = self._open(url, headers)
+        with response:
+            total = None
+            if response.status_code == 206:
+                content_range = response.headers.get("Content-Range", "")
+                total_text = content_range.rpartition("/")[2]
+                total = int(total_text) if total_text.isdigit() else None
+            elif first:
+                raise SourceRejected(f"{url} ignored a byte range request")
+            expected = response.headers.get("Content-Length")
+            expected = int(expected) if expected and expected.isdigit() else None
+            if expected is not None and self._bytes + expected > self.max_bytes:
+                raise InvalidMedia(f"{url} would exceed the {self.max_bytes} byte fetch limit")
+            written = 0
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                for chunk in response.iter_content(STREAM_CHUNK_BYTES):
+                    os.pwrite(fd, chunk, file_offset + written)
+                    written += len(chunk)
+                    self._count(len(chunk))
+            except requests.RequestException as exc:
+                raise SourceUnavailable(f"reading {url} failed after {written} bytes: {exc}") from exc
+            finally:
+                os.close(fd)
+            if expected is not None and written != expected:
+                raise SourceUnavailable(f"{url}: got {written} of {expected} bytes")
+            if response.status_code == 200:
+                total = written
+            return total
+
+    def fetch_segments(self, segments: list[Segment], dest: Path,
+                       on_progress: Callable[[int, int], None] | None = None) -> list[FetchedSegment]:
+        """Download ``segments`` into ``dest`` in parallel; return them in playlist order.
+
+        fMP4 init sections are fetched once per distinct URL.
+        ``on_progress(done, total)`` is
+        called as parts complete.
+        """
+        dest.mkdir(parents=True, exist_ok=True)
+        init_paths: dict[str, Path] = {}
+        for url in dict.fromkeys(s.init_url for s in segments if s.init_url):
+            init_path = dest / f"init-{len(init_paths)}.mp4"
+            self._with_retries(lambda url=url, p=init_path: self._download_range(url, p, 0, None, None))
+            init_paths[url] = init_path
+        results = [
+            FetchedSegment(segment, dest / f"{index:05d}.seg", init_paths.get(segment.init_url or ""))
+            for index, segment in enumerate(segments)
+        ]
+        body_paths = [fetched.path for fetched in results]
+        split = len(segments) < self.concurrency
+        parts_per_segment = math.ceil(self.concurrency / max(1, len(segments))) if split else 1
+        done = 0
+        total_parts = len(segments)
+        progress_lock = threading.Lock()
+
+        def report(extra_parts: int = 0) -> None:
+            nonlocal done, total_parts
+            with progress_lock:
+                total_parts += extra_parts
+                if not extra_parts:
+                    done += 1
+                snapshot = (done, total_parts)
+            if on_progress:
+                on_progress(*snapshot)
+
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch") as pool:
+            pending: set[Future] = set()
+            pending_lock = threading.Lock()
+
+            def fetch_rest(url: str, path: Path, base: int, size: int, start: int) -> None:
+                # The first part told us the size; spread the rest over the idle connections.
+                remaining = size - start
+                parts = max(1, min(parts_per_segment - 1, remaining // RANGE_PART_MIN_BYTES))
+                step = math.ceil(remaining / parts)
+                ranges = [(first, min(size, first + step) - 1) for first in range(start, size, step)]
+                report(extra_parts=len(ranges))
+                with pending_lock:
+                    for first, last in ranges:
+                        pending.add(pool.submit(fetch_part, url, path, base, first, last))
+
+            def fetch_part(url: str, path: Path, base: int, first: int, last: int) -> None:
+                self._with_retries(lambda: self._download_range(url, path, first - base, first, last))
+                report()
+
+            def fetch_whole(segment: Segment, path: Path) -> None:
+                if segment.byterange:
+                    offset, length = segment.byterange
+                    self._with_retries(lambda: self._download_range(segment.url, path, 0, offset, offset + length - 1))
+                elif split:
+                    first_size = max(RANGE_PART_MIN_BYTES, 1)
+                    size = self._with_retries(lambda: self._download_range(segment.url, path, 0, 0, first_size - 1))
+                    if size is not None and size > first_size:
+                        fetch_rest(segment.url, path, 0, size, first_size)
+                else:
+                    self._with_retries(lambda: self._download_range(segment.url, path, 0, None, None))
+                report()
+
+            with pending_lock:
+                for segment, path in zip(segments, body_paths):
+                    pending.add(pool.submit(fetch_whole, segment, path))
+            try:
+                while True:
+                    with pending_lock:
+                        snapshot = list(pending)
+                    if not snapshot:
+                        break
+                    finished, _ = wait(snapshot, return_when=FIRST_EXCEPTION)
+                    with pending_lock:
+                        pending.difference_update(finished)
+                    for future in finished:
+                        future.result()
+            except BaseException:
+                with pending_lock:
+                    for future in pending:
+                        future.cancel()
+                raise
+        return results
+

@@ -1,0 +1,40 @@
+"""extract_clip end to end against the local server, checked from decoded frames."""
+
+from __future__ import annotations
+
+import pytest
+
+from clipqueue.exceptions import ForbiddenSource, SourceNotFound
+from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
+from clipqueue.sample.frames import read_frame_ids
+
+from .conftest import FPS
+
+
+@pytest.mark.parametrize("path", ["ts/master.m3u8", "fmp4/master.m3u8", "source.mp4"])
+def test_copy_mode_starts_on_the_keyframe_at_or_before_start_and_covers_the_range(fresh_server, options, tmp_path, path):
+    result = extract_clip(ClipRequest(f"{fresh_server.url}/{path}", 7.3, 13.5, mode="copy"), tmp_path, options)
+    shown = read_frame_ids(result.path)
+    assert shown[0] == 6 * FPS  # keyframes every 2 s: the one at 6.0 s
+    assert shown[-1] + 1 >= 13.5 * FPS
+    assert shown == list(range(shown[0], shown[-1] + 1))
+    assert read_frame_ids(result.path, ignore_editlist=True) == shown  # nothing hidden by an edit list
+    assert result.actual_start_time == pytest.approx(shown[0] / FPS)
+    assert result.actual_end_time == pytest.approx((shown[-1] + 1) / FPS)
+    assert result.method == "copy"
+
+
+def test_missing_playlist_raises_source_not_found(fresh_server, options, tmp_path):
+    with pytest.raises(SourceNotFound):
+        extract_clip(ClipRequest(f"{fresh_server.url}/missing/master.m3u8", 1, 3), tmp_path, options)
+
+
+def test_missing_progressive_file_raises_source_not_found(fresh_server, options, tmp_path):
+    with pytest.raises(SourceNotFound):
+        extract_clip(ClipRequest(f"{fresh_server.url}/missing.mp4", 1, 3), tmp_path, options)
+
+
+def test_loopback_source_is_forbidden_by_default_policy(fresh_server, tmp_path):
+    with pytest.raises(ForbiddenSource):
+        extract_clip(ClipRequest(f"{fresh_server.url}/ts/master.m3u8", 1, 3), tmp_path, ExtractOptions())
+    assert fresh_server.stats.requests == 0
