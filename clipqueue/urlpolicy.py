@@ -1,72 +1,500 @@
-"""Decide whether a source URL may be fetched.
+"""Decide whether a source URL may be fetched, and fetch it only from the address that was checked.
 
 Every URL the service fetches (VOD, playlists, variants, segments, init
-segments) goes through :func:`check_url` first, so a caller cannot make the
-workers read local files or reach internal networks.
+segments, keys, and each redirect hop) is vetted by :func:`check_url`: the
+scheme must be http or https, the host is parsed the way browsers and
+``inet_aton`` parse it (so ``2130706433``, ``0x7f.1`` and ``127.1`` are all
+127.0.0.1), names are resolved, and every address must be public unless the
+policy relaxes that. :func:`open_checked` then connects to the very address
+that was checked (no second DNS lookup, so no DNS-rebinding gap), keeping the
+name for the ``Host`` header and for TLS (SNI and certificate checks), and
+follows redirects by hand, vetting each hop.
+
+Entries inside playlists get :func:`check_playlist_uri` (or
+:func:`check_playlist_text` for the whole text), which refuses every scheme
+but http(s) — ``file:``, ``concat:``, ``data:``, ``subfile,...:`` and friends —
+even when private sources are allowed.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
 
 from clipqueue.exceptions import ForbiddenSource
 
 ALLOWED_SCHEMES = ("http", "https")
+MAX_REDIRECTS = 5
+MAX_ADDRESSES_TRIED = 3  # of a name's checked addresses, on connection failures
+MAX_PLAYLIST_HOSTS = 32
+USER_AGENT = "clipqueue/1"
+# Headers that must not follow a redirect to another origin.
+_CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
 class SourcePolicy:
-    """What sources a deployment accepts (from ``ALLOW_PRIVATE_SOURCES`` and ``ALLOWED_SOURCE_HOSTS``)."""
+    """What sources a deployment accepts.
+
+    ``allow_private`` (``ALLOW_PRIVATE_SOURCES``) admits loopback, private
+    (RFC 1918, unique local) and CGNAT addresses; link-local (cloud metadata),
+    unspecified, multicast and reserved addresses stay refused.
+    ``allowed_hosts`` (``ALLOWED_SOURCE_HOSTS``) narrows sources to those
+    hosts and their subdomains. ``allowed_networks``
+    (``ALLOWED_PRIVATE_NETWORKS``) admits exactly those networks, e.g. one
+    internal origin, without opening the rest of private address space.
+    """
 
     allow_private: bool = False
     allowed_hosts: tuple[str, ...] = field(default_factory=tuple)
+    allowed_networks: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SourcePolicy:
+        """The policy a :class:`clipqueue.config.Settings` describes."""
+        return cls(
+            allow_private=settings.allow_private_sources,
+            allowed_hosts=tuple(settings.allowed_source_hosts),
+            allowed_networks=tuple(getattr(settings, "allowed_private_networks", ())),
+        )
 
 
-def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+@dataclass(frozen=True)
+class CheckedURL:
+    """A URL the policy accepted: where to connect, and what to call the host on the wire."""
+
+    url: str
+    scheme: str
+    host: str  # canonical: lower-case ASCII name, or the address in its standard spelling
+    port: int
+    addresses: tuple[str, ...]  # every one checked; connections go to these only
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+# --- addresses -------------------------------------------------------------
+
+# Ranges refused unless the policy admits them, with the reason given in errors.
+# ALLOW_PRIVATE_SOURCES admits the "relaxable" ones only.
+_RELAXABLE = {"loopback", "private", "shared (CGNAT)", "unique local", "site-local"}
+_V4_RANGES = [
+    (ipaddress.ip_network(net), reason) for net, reason in [
+        ("0.0.0.0/8", "unspecified"),
+        ("10.0.0.0/8", "private"),
+        ("100.64.0.0/10", "shared (CGNAT)"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("172.16.0.0/12", "private"),
+        ("192.0.0.0/24", "IETF protocol assignments"),
+        ("192.0.2.0/24", "documentation"),
+        ("192.88.99.0/24", "6to4 relay anycast"),
+        ("192.168.0.0/16", "private"),
+        ("198.18.0.0/15", "benchmarking"),
+        ("198.51.100.0/24", "documentation"),
+        ("203.0.113.0/24", "documentation"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved"),
+    ]
+]
+_V6_RANGES = [
+    (ipaddress.ip_network(net), reason) for net, reason in [
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("::/96", "IPv4-compatible (deprecated)"),
+        ("100::/64", "discard-only"),
+        ("64:ff9b:1::/48", "local-use IPv4/IPv6 translation"),
+        ("2001::/32", "Teredo"),
+        ("2001:10::/28", "ORCHID"),
+        ("2001:20::/28", "ORCHIDv2"),
+        ("2001:db8::/32", "documentation"),
+        ("3fff::/20", "documentation"),
+        ("5f00::/16", "segment routing"),
+        ("fc00::/7", "unique local"),
+        ("fe80::/10", "link-local"),
+        ("fec0::/10", "site-local"),
+        ("ff00::/8", "multicast"),
+    ]
+]
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_6TO4 = ipaddress.ip_network("2002::/16")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, translated, NAT64, 6to4), if any."""
+    if address in _MAPPED or address in _TRANSLATED or address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _6TO4:
+        return address.sixtofour
+    return None
+
+
+def non_public_reason(address: IPAddress) -> str | None:
+    """Why ``address`` is not a public unicast address (``None`` if it is one)."""
     if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour
+        if address.scope_id:
+            return "scoped (zone index)"
+        embedded = _embedded_ipv4(address)
         if embedded is not None:
-            return _is_public(embedded)
-    return address.is_global and not address.is_multicast
+            reason = non_public_reason(embedded)
+            return None if reason is None else f"{reason}, IPv4 {embedded} inside IPv6"
+        ranges = _V6_RANGES
+    else:
+        ranges = _V4_RANGES
+    for network, reason in ranges:
+        if address in network:
+            return reason
+    if address.is_multicast:
+        return "multicast"
+    if not address.is_global:
+        return "not globally reachable"
+    return None
+
+
+def address_refusal(address: IPAddress, policy: SourcePolicy) -> str | None:
+    """Why ``policy`` refuses ``address`` (``None`` if it may be contacted)."""
+    if any(address in ipaddress.ip_network(net, strict=False) for net in policy.allowed_networks
+           if ipaddress.ip_network(net, strict=False).version == address.version):
+        return None
+    reason = non_public_reason(address)
+    if reason is None:
+        return None
+    base = reason.split(",", 1)[0]
+    if policy.allow_private and (base in _RELAXABLE or base == "not globally reachable"):
+        return None
+    return reason
+
+
+# --- hosts -----------------------------------------------------------------
+
+_NAME_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+_DECIMAL = re.compile(r"^[0-9]+$")
+_HEX = re.compile(r"^0[xX][0-9a-fA-F]*$")
+
+
+def _ends_in_number(labels: list[str]) -> bool:
+    last = labels[-1]
+    return bool(_DECIMAL.match(last) or _HEX.match(last))
+
+
+def _ipv4_part(part: str) -> int:
+    if _HEX.match(part):
+        return int(part[2:] or "0", 16)
+    if len(part) > 1 and part.startswith("0"):
+        if not re.match(r"^[0-7]+$", part):
+            raise ValueError(part)
+        return int(part, 8)
+    if not _DECIMAL.match(part):
+        raise ValueError(part)
+    return int(part)
+
+
+def _loose_ipv4(labels: list[str]) -> ipaddress.IPv4Address:
+    """Parse an IPv4 host the way browsers and ``inet_aton`` do: 1-4 parts, decimal, octal or hex."""
+    if not 1 <= len(labels) <= 4:
+        raise ValueError("too many parts")
+    numbers = [_ipv4_part(part) for part in labels]
+    if any(n > 255 for n in numbers[:-1]) or numbers[-1] >= 256 ** (5 - len(numbers)):
+        raise ValueError("part out of range")
+    value = numbers[-1]
+    for index, number in enumerate(numbers[:-1]):
+        value += number << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)
+
+
+def canonical_host(host: str) -> tuple[str, IPAddress | None]:
+    """Return ``(host, address)``: the host's one spelling, and its address if it is an IP literal.
+
+    Raises ``ForbiddenSource`` for hosts that are neither a plain DNS name nor an
+    address (percent signs, zone indexes, odd characters), so no later parser can
+    read them differently.
+    """
+    if not host:
+        raise ForbiddenSource("forbidden source: URL has no host")
+    if "%" in host:
+        raise ForbiddenSource(f"forbidden source: host {host!r} has a percent sign or zone index")
+    if ":" in host:
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise ForbiddenSource(f"forbidden source: {host!r} is not a valid IPv6 address") from exc
+        return address.compressed, address
+    try:
+        host = host.encode("idna").decode("ascii").lower() if not host.isascii() else host.lower()
+    except UnicodeError as exc:
+        raise ForbiddenSource(f"forbidden source: host {host!r} is not a valid name") from exc
+    labels = host.split(".")
+    if len(labels) > 1 and labels[-1] == "":
+        labels.pop()  # one trailing dot: the root
+    if _ends_in_number(labels):
+        try:
+            address = _loose_ipv4(labels)
+        except ValueError as exc:
+            raise ForbiddenSource(f"forbidden source: {host!r} is not a valid IPv4 address") from exc
+        return str(address), address
+    if len(host) > 253 or not all(_NAME_LABEL.match(label) for label in labels):
+        raise ForbiddenSource(f"forbidden source: host {host!r} is not a valid name")
+    return ".".join(labels), None
 
 
 def _host_allowed(host: str, allowed_hosts: tuple[str, ...]) -> bool:
-    host = host.lower().rstrip(".")
     return any(host == allowed or host.endswith("." + allowed) for allowed in allowed_hosts)
 
 
+def _is_localhost_name(host: str) -> bool:
+    # RFC 6761: these always mean this machine, whatever a resolver says.
+    return host == "localhost" or host.endswith(".localhost")
+
+
 def resolve_host(host: str, port: int) -> list[str]:
-    """Return every address ``host`` resolves to (the hook tests replace to fake DNS)."""
+    """Return every address ``host`` resolves to, in the resolver's order.
+
+    This is the one DNS lookup of a fetch; tests replace it to fake DNS.
+    """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ForbiddenSource(f"source host {host!r} does not resolve: {exc}") from exc
-    return sorted({info[4][0] for info in infos})
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ForbiddenSource(f"forbidden source: host {host!r} does not resolve: {exc}") from exc
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+# --- URLs ------------------------------------------------------------------
+
+def _split(url: str):
+    if not isinstance(url, str) or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 or ch == "\\" for ch in url):
+        raise ForbiddenSource("forbidden source: URL has spaces, control characters or backslashes")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ForbiddenSource(f"forbidden source: malformed URL {url[:200]!r}") from exc
+    return parts, port
+
+
+def vet_url(url: str, policy: SourcePolicy) -> CheckedURL:
+    """Check ``url`` against ``policy`` and return where it may be fetched from.
+
+    Raises ``ForbiddenSource`` (the message starts with "forbidden source")
+    when it may not be fetched; nothing has been sent anywhere then.
+    """
+    parts, port = _split(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        raise ForbiddenSource(f"forbidden source: scheme {parts.scheme or '(none)'!r} is not http or https")
+    if "@" in parts.netloc:
+        raise ForbiddenSource("forbidden source: URLs with user names or passwords are not accepted")
+    host, literal = canonical_host(parts.hostname or "")
+    if port == 0:
+        raise ForbiddenSource("forbidden source: port 0")
+    port = port or (443 if scheme == "https" else 80)
+    if policy.allowed_hosts and not _host_allowed(host, policy.allowed_hosts):
+        raise ForbiddenSource(f"forbidden source: host {host!r} is not in ALLOWED_SOURCE_HOSTS")
+    if literal is not None:
+        addresses = [literal]
+    else:
+        if _is_localhost_name(host) and not policy.allow_private:
+            raise ForbiddenSource(f"forbidden source: {host!r} is this machine (loopback)")
+        addresses = []
+        for text in resolve_host(host, port):
+            try:
+                addresses.append(ipaddress.ip_address(text))
+            except ValueError as exc:
+                raise ForbiddenSource(f"forbidden source: {host!r} resolved to {text!r}") from exc
+        if not addresses:
+            raise ForbiddenSource(f"forbidden source: host {host!r} has no address")
+    for address in addresses:
+        reason = address_refusal(address, policy)
+        if reason is not None:
+            shown = "" if literal is not None else f"{host!r} resolves to "
+            raise ForbiddenSource(f"forbidden source: {shown}{address} is {reason}")
+    return CheckedURL(url, scheme, host, port, tuple(str(a) for a in addresses))
 
 
 def check_url(url: str, policy: SourcePolicy) -> list[str]:
     """Raise ``ForbiddenSource`` unless ``url`` may be fetched; return the checked addresses."""
+    return list(vet_url(url, policy).addresses)
+
+
+# --- playlists -------------------------------------------------------------
+
+# Anything that looks like "<scheme>:" to ffmpeg or to a URL parser, including
+# ffmpeg's "subfile,,start,0,end,0,,:" option syntax.
+_SCHEME_PREFIX = re.compile(r"^([A-Za-z0-9+.,\-]+):")
+_URI_ATTRIBUTE = re.compile(r"""\bURI\s*=\s*(?:"([^"]*)"|'([^']*)'|([^,\s]+))""", re.IGNORECASE)
+
+
+def check_playlist_uri(uri: str, base_url: str, policy: SourcePolicy) -> str:
+    """Return the absolute URL of a playlist entry, or raise ``ForbiddenSource``.
+
+    Entries with any scheme but http(s) — ``file:``, ``concat:``, ``data:``,
+    ``subfile,...:``, ``crypto:``, ``pipe:``, ``ftp:`` — are refused even when
+    private sources are allowed; the resulting URL then gets :func:`check_url`.
+    """
+    uri = uri.strip()
+    if not uri:
+        raise ForbiddenSource("forbidden source: empty playlist entry")
+    prefix = _SCHEME_PREFIX.match(uri)
+    if prefix and prefix.group(1).lower() not in ALLOWED_SCHEMES:
+        raise ForbiddenSource(f"forbidden source: playlist entry with scheme {prefix.group(1)[:40]!r}")
+    _split(uri)
+    absolute = urljoin(base_url, uri)
+    check_url(absolute, policy)
+    return absolute
+
+
+def playlist_uris(text: str) -> list[str]:
+    """Every URI an M3U8 text refers to: URI lines and every ``URI=`` attribute of every tag.
+
+    Read from the raw text rather than a parser's model, so tags a parser
+    ignores (``#EXT-X-MEDIA``, ``#EXT-X-I-FRAME-STREAM-INF``, ``#EXT-X-PART``,
+    ``#EXT-X-PRELOAD-HINT``, ``#EXT-X-SESSION-DATA``...) are covered too.
+    Lines are split at every line break Python knows, a superset of what
+    playlist parsers and ffmpeg split at.
+    """
+    uris = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            for match in _URI_ATTRIBUTE.finditer(line):
+                uris.append(next(group for group in match.groups() if group is not None))
+        else:
+            uris.append(line)
+    return uris
+
+
+def check_playlist_text(text: str, base_url: str, policy: SourcePolicy) -> None:
+    """Raise ``ForbiddenSource`` if any entry of the playlist ``text`` (read from ``base_url``) is forbidden.
+
+    Each distinct origin is resolved once.
+    """
+    origins: set[tuple[str, str]] = set()
+    for uri in playlist_uris(text):
+        uri = uri.strip()
+        prefix = _SCHEME_PREFIX.match(uri)
+        if prefix and prefix.group(1).lower() not in ALLOWED_SCHEMES:
+            raise ForbiddenSource(f"forbidden source: playlist entry with scheme {prefix.group(1)[:40]!r}")
+        _split(uri)
+        absolute = urljoin(base_url, uri)
+        parts = urlsplit(absolute)
+        origin = (parts.scheme.lower(), parts.netloc.lower())
+        if origin in origins:
+            continue
+        if len(origins) >= MAX_PLAYLIST_HOSTS:
+            raise ForbiddenSource(f"forbidden source: playlist refers to more than {MAX_PLAYLIST_HOSTS} hosts")
+        check_url(absolute, policy)
+        origins.add(origin)
+
+
+# --- fetching from the checked address --------------------------------------
+
+class PinnedAdapter(HTTPAdapter):
+    """A transport that connects only to the address :func:`open_checked` vetted.
+
+    The connection pool is keyed by that address, the ``Host`` header and TLS
+    (SNI and certificate name) use the URL's host, and proxies are never used.
+    A request that did not come through :func:`open_checked` is refused, so a
+    session built by :func:`checked_session` cannot fetch an unchecked URL.
+    """
+
+    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+        target: CheckedURL | None = getattr(request, "clipqueue_target", None)
+        if target is None or len(target.addresses) != 1:
+            raise ForbiddenSource("forbidden source: request was not checked by the URL policy (use open_checked)")
+        if proxies and any(proxies.values()):
+            raise ForbiddenSource("forbidden source: checked requests never go through a proxy")
+        request.headers["Host"] = target.host_header
+        return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies={})
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):
+        _, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        target: CheckedURL = request.clipqueue_target
+        if target.scheme == "https":
+            pool_kwargs["server_hostname"] = target.host
+            pool_kwargs["assert_hostname"] = target.host
+        return {"scheme": target.scheme, "host": target.addresses[0], "port": target.port}, pool_kwargs
+
+
+def checked_session(pool_maxsize: int = 10) -> requests.Session:
+    """A ``requests.Session`` for source fetches: pinned connections, no proxies, no netrc.
+
+    Use it only through :func:`open_checked`; a plain ``session.get`` is refused.
+    """
+    session = requests.Session()
+    session.trust_env = False  # no proxies or .netrc from the environment
+    adapter = PinnedAdapter(pool_connections=4, pool_maxsize=pool_maxsize, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
-    if parts.scheme.lower() not in ALLOWED_SCHEMES:
-        raise ForbiddenSource(f"forbidden source: scheme {parts.scheme or '(none)'!r} is not http or https")
-    host = parts.hostname
-    if not host:
-        raise ForbiddenSource("forbidden source: URL has no host")
-    if policy.allowed_hosts and not _host_allowed(host, policy.allowed_hosts):
-        raise ForbiddenSource(f"forbidden source: host {host!r} is not in ALLOWED_SOURCE_HOSTS")
-    try:
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    except ValueError as exc:
-        raise ForbiddenSource(f"forbidden source: bad port in {url!r}") from exc
-    addresses = resolve_host(host, port)
-    if not policy.allow_private:
-        for text in addresses:
-            address = ipaddress.ip_address(text.split("%", 1)[0])
-            if not _is_public(address):
-                raise ForbiddenSource(
-                    f"forbidden source: {host!r} resolves to non-public address {address}"
-                )
-    return addresses
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def open_checked(session: requests.Session, url: str, policy: SourcePolicy, *,
+                 method: str = "GET", headers: dict[str, str] | None = None,
+                 timeout: float | tuple[float, float] = 15.0, max_redirects: int = MAX_REDIRECTS,
+                 stream: bool = True, verify: bool | str = True) -> requests.Response:
+    """Send ``method url`` through ``session`` (from :func:`checked_session`) if ``policy`` allows it.
+
+    Connects to the address that was checked; redirects (301, 302, 303, 307,
+    308) are followed by hand, up to ``max_redirects``, each hop checked
+    again before anything is sent to it. Returns the first response that is
+    not a redirect, unread when ``stream``; the caller closes it and judges
+    its status. Raises ``ForbiddenSource`` when the URL or a hop is refused
+    or there are too many redirects, and ``requests`` exceptions (timeouts,
+    connection errors) as they come.
+    """
+    if not isinstance(session.get_adapter("http://"), PinnedAdapter) or \
+            not isinstance(session.get_adapter("https://"), PinnedAdapter):
+        raise TypeError("open_checked needs a session from checked_session()")
+    headers = dict(headers or {})
+    for _ in range(max_redirects + 1):
+        target = vet_url(url, policy)
+        response = _send_pinned(session, method, target, headers, timeout, stream, verify)
+        if not (response.is_redirect and response.headers.get("location")):
+            return response
+        location = response.headers["location"]
+        status = response.status_code
+        response.close()
+        next_url = urljoin(url, location)
+        if _origin(next_url) != _origin(url):
+            headers = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
+        if status == 303 and method != "HEAD":
+            method = "GET"
+        url = next_url
+    raise ForbiddenSource(f"forbidden source: more than {max_redirects} redirects (last to {url[:200]})")
+
+
+def _send_pinned(session: requests.Session, method: str, target: CheckedURL, headers: dict[str, str],
+                 timeout, stream: bool, verify) -> requests.Response:
+    candidates = target.addresses[:MAX_ADDRESSES_TRIED]
+    for index, address in enumerate(candidates):
+        prepared = session.prepare_request(requests.Request(method, target.url, headers=headers))
+        prepared.clipqueue_target = replace(target, addresses=(address,))
+        try:
+            return session.send(prepared, allow_redirects=False, stream=stream, timeout=timeout,
+                                verify=verify, proxies={})
+        except requests.exceptions.ConnectionError:
+            # Another checked address of the same name may answer (e.g. IPv6 unreachable here).
+            if index == len(candidates) - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
