@@ -217,24 +217,37 @@ def select_frames(timeline: Timeline, start_time: float, end_time: float) -> tup
     return first, last
 
 
-def closed_end(streams: Streams, timeline: Timeline, key_index: int, last: int) -> int:
-    """Return the display index where a stream copy from keyframe ``key_index`` can end, at or after ``last``.
+def closed_points(streams: Streams, timeline: Timeline, key_index: int):
+    """Yield the display indices where a stream copy starting at keyframe ``key_index`` may end.
 
     Copying packets in decode order is only decodable if it stops where every
     frame shown so far has been decoded and nothing later has: with B-frames
-    that is the end of a mini-GOP.
+    that is the end of a mini-GOP, not any frame.
     """
     index_of = {pts: i for i, pts in enumerate(timeline.pts)}
     key_pts = timeline.pts[key_index]
     start = next(i for i, p in enumerate(streams.video) if p.pts == key_pts)
     count, highest = 0, key_index
     for packet in streams.video[start:]:
-        display = index_of[packet.pts]
         count += 1
-        highest = max(highest, display)
-        if highest - key_index + 1 == count and highest >= last:
-            return highest
+        highest = max(highest, index_of[packet.pts])
+        if highest - key_index + 1 == count:
+            yield highest
+
+
+def closed_end(streams: Streams, timeline: Timeline, key_index: int, last: int) -> int:
+    """Return the first clean end of a copy from ``key_index`` at or after display index ``last``."""
+    for point in closed_points(streams, timeline, key_index):
+        if point >= last:
+            return point
     return len(timeline.pts) - 1
+
+
+def splices_cleanly(streams: Streams, timeline: Timeline, key_index: int) -> bool:
+    """True if decoding can start at keyframe ``key_index``: no later packet shows a frame before it (closed GOP)."""
+    key_pts = timeline.pts[key_index]
+    start = next(i for i, p in enumerate(streams.video) if p.pts == key_pts)
+    return all(p.pts >= key_pts for p in streams.video[start:])
 
 
 def _select_copy(source: Path, out: Path, stream: str, low: float, high: float) -> None:
@@ -292,12 +305,191 @@ def cut_copy(source: LocalSource, streams: Streams, start_time: float, end_time:
     return _describe(output, timeline.vod(low), timeline.vod(high) + timeline.frame, "copy")
 
 
+def parameter_sets(path: Path, at: float | None = None) -> dict[str, dict[str, int]]:
+    """Return the fields of the first H.264 SPS and PPS of ``path`` (from FFmpeg's trace_headers)."""
+    args = _ffmpeg()
+    args[args.index("error")] = "info"  # trace_headers logs at info level
+    if at is not None:
+        args += ["-copyts", "-seek_timestamp", "1", "-ss", f"{at:.6f}"]
+    args += ["-i", str(path), "-map", "0:v:0", "-frames:v", "1", "-c", "copy", "-bsf:v", "trace_headers",
+             "-f", "null", "-"]
+    with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        try:
+            _, err = proc.communicate(timeout=FFMPEG_TIMEOUT_SECONDS)
+        except BaseException:
+            proc.kill()
+            raise
+    sets: dict[str, dict[str, int]] = {}
+    current: dict[str, int] | None = None
+    for line in err.decode(errors="replace").splitlines():
+        if "[trace_headers" not in line:
+            continue
+        text = line.split("]", 1)[1].strip()
+        if text in ("Sequence Parameter Set", "Picture Parameter Set"):
+            name = "sps" if text.startswith("Sequence") else "pps"
+            current = sets.setdefault(name, {}) if name not in sets else None
+            continue
+        parts = text.split()
+        if current is not None and len(parts) >= 4 and parts[-2] == "=" and parts[0].isdigit():
+            current[parts[1]] = int(parts[-1])
+        elif not (parts and parts[0].isdigit()):
+            current = None
+    return sets
+
+
+def _gop_shape(streams: Streams) -> tuple[int, int]:
+    """Return (keyframe interval, longest run of B-frames) measured from the packets."""
+    keys = [i for i, p in enumerate(streams.video) if p.key]
+    gaps = [b - a for a, b in zip(keys, keys[1:])]
+    interval = max(gaps) if gaps else max(1, len(streams.video))
+    longest = run = 0
+    newest = float("-inf")
+    for packet in streams.video:
+        if packet.key or packet.pts > newest:
+            newest, run = packet.pts, 0
+        else:
+            run += 1
+            longest = max(longest, run)
+    return interval, longest
+
+
+def matching_encoder(headers: dict[str, dict[str, int]], streams: Streams, timeline: Timeline) -> list[str] | None:
+    """Return libx264 options whose SPS/PPS should equal the source's, or None if it is not x264-like.
+
+    Only header-visible choices are copied (profile, level, references,
+    B-frames, CABAC, 8x8 transform, weighted prediction, keyframe interval,
+    time base); a fast preset does the rest, since nothing else shows in the headers.
+    """
+    sps, pps = headers.get("sps"), headers.get("pps")
+    if not sps or not pps or sps.get("nal_hrd_parameters_present_flag") or pps.get("pic_init_qp_minus26", 0):
+        return None
+    profiles = {66: "baseline", 77: "main", 100: "high"}
+    profile = profiles.get(sps.get("profile_idc", 0))
+    if profile is None:
+        return None
+    interval, bframes = _gop_shape(streams)
+    reorder = sps.get("max_num_reorder_frames", 1 if bframes else 0)
+    params = {
+        "level": f"{sps['level_idc'] / 10:.1f}",
+        "ref": pps.get("num_ref_idx_l0_default_active_minus1", 0) + 1,
+        "bframes": bframes,
+        "b-pyramid": "normal" if reorder >= 2 else "none",
+        "cabac": pps.get("entropy_coding_mode_flag", 0),
+        "8x8dct": pps.get("transform_8x8_mode_flag", 0),
+        "weightp": 2 if pps.get("weighted_pred_flag") else 0,
+        "weightb": 1 if pps.get("weighted_bipred_idc") == 2 else 0,
+        "keyint": interval, "min-keyint": interval, "scenecut": 0,
+        "chroma-qp-offset": pps.get("chroma_qp_index_offset", 0),
+    }
+    args = ["-c:v", "libx264", "-preset", "superfast", "-profile:v", profile,
+            "-x264-params", ":".join(f"{k}={v}" for k, v in params.items())]
+    if sps.get("timing_info_present_flag") and sps.get("time_scale"):
+        args += ["-enc_time_base:v", f"{sps['num_units_in_tick']}/{sps['time_scale'] // 2}"]
+    return args
+
+
+def _bitrate(streams: Streams, path: Path, timeline: Timeline) -> int:
+    """Bits per second of the source video, to give re-encoded frames a similar quality."""
+    seconds = max(timeline.frame, timeline.pts[-1] - timeline.pts[0] + timeline.frame)
+    return int(path.stat().st_size * 8 / seconds)
+
+
+def _encode_frames(source: Path, streams: Streams, timeline: Timeline, first: int, last: int,
+                   encoder: list[str], out: Path) -> None:
+    """Decode from the keyframe before display index ``first`` and encode frames ``first..last`` to MPEG-TS."""
+    keys = [timeline.pts.index(p.pts) for p in streams.video if p.key]
+    decode_from = max((k for k in keys if k <= first), default=0)
+    low = timeline.pts[first] - timeline.frame / 2
+    high = timeline.pts[last] + timeline.frame / 2
+    args = _ffmpeg("-copyts", "-seek_timestamp", "1", "-noaccurate_seek",
+                   "-ss", f"{timeline.pts[decode_from] + 1e-4:.6f}", "-i", str(source), "-map", "0:v:0",
+                   "-vf", f"select='between(t\\,{low:.6f}\\,{high:.6f})'", "-fps_mode", "passthrough",
+                   *encoder, "-f", "mpegts", str(out))
+    run_ffmpeg(args, what="re-encoding frames")
+
+
+def _concat(parts: list[tuple[Path, float]], scratch: Path) -> Path:
+    listing = scratch / "parts.ffconcat"
+    lines = ["ffconcat version 1.0"]
+    for path, duration in parts:
+        lines += [f"file '{path.resolve()}'", f"duration {duration:.6f}"]
+    listing.write_text("\n".join(lines) + "\n")
+    return listing
+
+
+def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_time: float,
+                 output: Path, scratch: Path) -> CutResult:
+    """Cut exactly ``[start_time, end_time)``: re-encode the frames before the first keyframe
+    and after the last clean copy point, stream copy the rest ("smart cut").
+
+    Falls back to re-encoding the whole clip when the source cannot be spliced
+    safely (not H.264, open GOPs, headers an x264 encode cannot reproduce).
+    """
+    timeline = build_timeline(streams, source)
+    first, last = select_frames(timeline, start_time, end_time)
+    keys = sorted(timeline.pts.index(p.pts) for p in streams.video if p.key)
+    inner = next((k for k in keys if first <= k <= last), None)
+    encoder = None
+    if streams.codec == "h264" and inner is not None and splices_cleanly(streams, timeline, inner):
+        headers = parameter_sets(source.path, timeline.pts[inner])
+        encoder = matching_encoder(headers, streams, timeline)
+    bitrate = str(int(_bitrate(streams, source.path, timeline) * 1.5))
+    parts: list[tuple[Path, float]] = []
+    method = "smart_cut"
+    if encoder is not None:
+        encoder = encoder + ["-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate]
+        copy_end = max((p for p in closed_points(streams, timeline, inner) if p <= last), default=None)
+        if copy_end is None:
+            encoder = None
+    if encoder is not None:
+        if first < inner:
+            head = scratch / "head.ts"
+            _encode_frames(source.path, streams, timeline, first, inner - 1, encoder, head)
+            if parameter_sets(head) != headers:
+                encoder = None  # the decoder would switch headers mid-file: not a safe splice
+            else:
+                parts.append((head, timeline.pts[inner] - timeline.pts[first]))
+    if encoder is not None:
+        body = scratch / "body.ts"
+        _select_copy(source.path, body, "v", timeline.pts[inner] - 1e-4, timeline.pts[copy_end] + 1e-4)
+        after = copy_end + 1 if copy_end + 1 < len(timeline.pts) else None
+        parts.append((body, (timeline.pts[after] if after is not None else timeline.pts[copy_end] + timeline.frame)
+                      - timeline.pts[inner]))
+        if copy_end < last:
+            tail = scratch / "tail.ts"
+            _encode_frames(source.path, streams, timeline, copy_end + 1, last, encoder, tail)
+            if parameter_sets(tail) != headers:
+                encoder = None
+            else:
+                parts.append((tail, timeline.pts[last] + timeline.frame - timeline.pts[copy_end + 1]))
+    if encoder is None:
+        method = "reencode"
+        whole = scratch / "whole.ts"
+        _encode_frames(source.path, streams, timeline, first, last,
+                       ["-c:v", "libx264", "-preset", "veryfast", "-b:v", bitrate, "-maxrate", bitrate,
+                        "-bufsize", bitrate], whole)
+        parts = [(whole, timeline.pts[last] + timeline.frame - timeline.pts[first])]
+    audio = None
+    low, high = timeline.pts[first], timeline.pts[last] + timeline.frame
+    if streams.audio:
+        audio = scratch / "accurate-audio.ts"
+        _select_copy(source.path, audio, "a", *_audio_range(streams, low, high))
+    _mux(_concat(parts, scratch), audio, output, video_is_concat=True)
+    return _describe(output, timeline.vod(low), timeline.vod(high), method)
+
+
 def cut_clip(source: LocalSource, start_time: float, end_time: float, mode: str, output: Path, scratch: Path,
              on_progress: Callable[[int], None] | None = None) -> CutResult:
-    """Cut ``[start_time, end_time)`` (VOD seconds) of ``source`` into the MP4 ``output``."""
+    """Cut ``[start_time, end_time)`` (VOD seconds) of ``source`` into the MP4 ``output``.
+
+    ``mode`` is "accurate" (frame-exact, smart cut) or "copy" (stream copy from
+    the keyframe at or before the start).
+    """
     streams = probe_streams(source.path)
     if on_progress:
         on_progress(10)
     if not streams.video:
         raise InvalidMedia("audio-only sources are not supported yet")
-    return cut_copy(source, streams, start_time, end_time, output, scratch)
+    if mode == "copy":
+        return cut_copy(source, streams, start_time, end_time, output, scratch)
+    return cut_accurate(source, streams, start_time, end_time, output, scratch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from clipqueue.exceptions import ForbiddenSource, SourceNotFound
@@ -38,3 +40,17 @@ def test_loopback_source_is_forbidden_by_default_policy(fresh_server, tmp_path):
     with pytest.raises(ForbiddenSource):
         extract_clip(ClipRequest(f"{fresh_server.url}/ts/master.m3u8", 1, 3), tmp_path, ExtractOptions())
     assert fresh_server.stats.requests == 0
+
+
+@pytest.mark.parametrize("path", ["ts/master.m3u8", "fmp4/master.m3u8", "source.mp4"])
+@pytest.mark.parametrize("start,end", [(7.3, 13.5), (8.0, 14.0), (9.95, 20.0), (3.1, 3.9)])
+def test_accurate_mode_shows_exactly_the_asked_frames_from_a_keyframe(fresh_server, options, tmp_path, path, start, end):
+    if path == "source.mp4" and end > 18:
+        end = 18.0
+    result = extract_clip(ClipRequest(f"{fresh_server.url}/{path}", start, end), tmp_path, options)
+    shown = read_frame_ids(result.path)
+    assert shown == list(range(math.ceil(start * FPS - 0.5), math.ceil(end * FPS - 0.5)))  # frames starting in the range, to the nearest frame
+    assert read_frame_ids(result.path, ignore_editlist=True) == shown  # no hidden pre-roll
+    assert result.actual_start_time == pytest.approx(start, abs=1 / FPS)
+    assert result.actual_end_time == pytest.approx(end, abs=1 / FPS)
+    assert result.method in ("smart_cut", "reencode")
