@@ -89,6 +89,11 @@ class Settings:
         # Heroku-style URLs say postgres://, which SQLAlchemy 2 no longer accepts.
         if database_url.startswith("postgres://"):
             database_url = "postgresql://" + database_url[len("postgres://"):]
+        # A relative SQLite path means the folder the processes run in, for every process alike.
+        if database_url.startswith("sqlite:///") and not database_url.startswith("sqlite:////"):
+            relative = database_url[len("sqlite:///"):]
+            if relative and relative != ":memory:":
+                database_url = "sqlite:///" + os.path.abspath(relative)
         return cls(
             redis_url=redis_url_from_env(env),
             database_url=database_url,

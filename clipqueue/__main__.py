@@ -1,0 +1,3 @@
+from clipqueue.cli import main
+
+main()

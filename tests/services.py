@@ -1,0 +1,155 @@
+"""Real services for the tests: private Redis servers, PostgreSQL databases, an S3 API, worker processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg2
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A private redis-server the tests may stop and start."""
+
+    def __init__(self, workdir: Path, appendonly: bool = False):
+        self.port = free_port()
+        self.workdir = workdir
+        self.appendonly = appendonly
+        self.process: subprocess.Popen | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no",
+                "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        wait_until(lambda: _pings(client), 10, what=f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@contextmanager
+def postgres_database():
+    """A fresh PostgreSQL database, dropped afterwards; yields its SQLAlchemy URL."""
+    name = f"clipqueue_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+class WorkerProcess:
+    """A real ``celery worker`` in its own process group, configured by environment alone."""
+
+    def __init__(self, env: dict[str, str], name: str, logdir: Path, beat: bool = False,
+                 concurrency: int = 1):
+        self.env = env
+        self.name = name
+        self.log_path = logdir / f"{name}.log"
+        self.beat = beat
+        self.concurrency = concurrency
+        self.process: subprocess.Popen | None = None
+        self.logdir = logdir
+
+    def start(self) -> WorkerProcess:
+        command = [
+            sys.executable, "-m", "celery", "-A", "clipqueue.make_celery", "worker",
+            "--queues", "clip_extraction_jobs,clipqueue_control",
+            "--concurrency", str(self.concurrency), "--pool", "prefork",
+            "--hostname", f"{self.name}@%h", "--loglevel", "INFO", "--without-mingle",
+            "--without-gossip",
+        ]
+        if self.beat:
+            command += ["--beat", "--schedule", str(self.logdir / f"{self.name}-beat-schedule")]
+        self.log_file = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            command, env={**os.environ, **self.env}, cwd=REPO,
+            stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_until(lambda: b"ready." in self.log_path.read_bytes() or self._died(), 60,
+                   what=f"worker {self.name} to start")
+        if self._died():
+            raise AssertionError(f"worker {self.name} exited:\n{self.log()}")
+        return self
+
+    def _died(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal_group(self, sig: int) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process is None:
+            return
+        self.signal_group(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.process.wait(10)
+        self.log_file.close()
+        self.process = None

@@ -1,0 +1,139 @@
+"""End to end: HTTP API → real Redis → real Celery worker processes → ffmpeg → storage → database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+import redis
+
+from clipqueue.keys import DEAD_LETTER_QUEUE
+from tests.mediacheck import assert_jpeg, assert_playable_mp4
+from tests.services import RedisServer
+
+pytestmark = pytest.mark.e2e
+
+START, END = 12.4, 27.4  # 15 s, off segment boundaries, across two segments
+
+
+def fetch_stored(service, url: str, destination: Path) -> Path:
+    """Read a stored object back the way a viewer would: from local storage via web, or from S3."""
+    if service.env.get("S3_BUCKET"):
+        key = url.split(f"/{service.env['S3_BUCKET']}/", 1)[1]
+        boto3.client("s3", endpoint_url=service.env["S3_ENDPOINT_URL"]).download_file(
+            service.env["S3_BUCKET"], key, str(destination)
+        )
+    else:
+        path = url.removeprefix(service.env["PUBLIC_BASE_URL"])
+        response = service.client.get(path)
+        assert response.status_code == 200, (url, response.status_code)
+        destination.write_bytes(response.data)
+        response.close()
+    return destination
+
+
+@pytest.mark.parametrize(
+    "db, storage",
+    [("sqlite", "local"), ("postgres", "local"), ("sqlite", "s3"), ("postgres", "s3")],
+)
+def test_clip_becomes_ready_with_playable_video_and_thumbnail(service_factory, master_url, tmp_path, db, storage):
+    service = service_factory(db=db, storage=storage)
+    service.start_worker()
+    response = service.create_clip(vod_url=master_url, start_time=START, end_time=END, quality="480p",
+                                   title="e2e")
+    assert response.status_code == 201, response.get_json()
+    clip_id = response.get_json()["clip_id"]
+
+    clip = service.wait_for_clip(clip_id)
+    assert clip["status"] == "ready", clip
+    assert clip["error"] is None
+    # The nearest variant at or below the asked quality is used, and reported.
+    assert clip["quality"] == "480p" and clip["quality_used"] == "360p"
+    assert clip["video_url"].endswith(f"clips/{clip_id}.mp4")
+    assert clip["thumbnail_url"].endswith(f"clips/{clip_id}.jpg")
+    assert (clip["width"], clip["height"]) == (640, 360)
+    assert clip["processed_at"] and clip["size_bytes"] > 0
+    assert abs(clip["duration"] - (END - START)) < 0.1
+
+    video = fetch_stored(service, clip["video_url"], tmp_path / "clip.mp4")
+    assert video.stat().st_size == clip["size_bytes"]
+    assert_playable_mp4(video, END - START, tolerance=0.1)
+    assert_jpeg(fetch_stored(service, clip["thumbnail_url"], tmp_path / "thumb.jpg"))
+
+    job = service.job(clip_id)
+    assert job["status"] == "completed"
+    assert job["progress"] == 100 and job["attempts"] == 1
+    assert job["worker"].startswith("worker1@")
+    for stamp in ("queued_at", "started_at", "completed_at"):
+        assert job[stamp].endswith("Z"), job
+    assert service.client.get("/api/v1/queue").get_json()["pending"] == 0
+    # Every job line in the worker log names its clip.
+    assert f"clip_id={clip_id}" in service.workers[0].log()
+
+
+def test_source_404_ends_failed_with_reason_and_dead_letter(service_factory, vod_server):
+    service = service_factory()
+    service.start_worker()
+    url = f"{vod_server.url}/hls/missing.m3u8"
+    clip_id = service.create_clip(vod_url=url, start_time=1, end_time=5).get_json()["clip_id"]
+
+    clip = service.wait_for_clip(clip_id)
+    assert clip["status"] == "failed"
+    assert "404" in clip["error"]
+    assert clip["video_url"] is None
+    job = service.job(clip_id)
+    assert job["status"] == "failed" and "404" in job["error"]
+    # A 404 is permanent: one attempt, no retries.
+    assert job["attempts"] == 1
+    letters = service.client.get("/api/v1/dead-letter").get_json()
+    assert [entry["clip_id"] for entry in letters["jobs"]] == [clip_id]
+    assert "404" in letters["jobs"][0]["error"]
+    assert letters["jobs"][0]["payload"]["vod_url"] == url
+    assert redis.Redis.from_url(service.env["REDIS_URL"]).llen(DEAD_LETTER_QUEUE) == 1
+
+
+def test_two_workers_with_separate_scratch_folders_share_the_work(service_factory, master_url, tmp_path):
+    service = service_factory(storage="s3")
+    scratch = {name: tmp_path / f"scratch-{name}" for name in ("hostA", "hostB")}
+    for name, folder in scratch.items():
+        folder.mkdir()
+        service.start_worker(name, SCRATCH_DIR=str(folder), STORAGE_LOCAL_DIR=str(tmp_path / f"none-{name}"))
+    clip_ids = [
+        service.create_clip(vod_url=master_url, start_time=start, end_time=start + 8).get_json()["clip_id"]
+        for start in (1.5, 11.5, 21.5, 31.5, 41.5, 3.0)
+    ]
+    clips = [service.wait_for_clip(clip_id) for clip_id in clip_ids]
+    assert [clip["status"] for clip in clips] == ["ready"] * len(clip_ids), clips
+    workers = {service.job(clip_id)["worker"].split("@")[0] for clip_id in clip_ids}
+    assert workers == {"hostA", "hostB"}
+    s3 = boto3.client("s3", endpoint_url=service.env["S3_ENDPOINT_URL"])
+    keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=service.env["S3_BUCKET"])["Contents"]}
+    assert keys == {f"clips/{c}.{ext}" for c in clip_ids for ext in ("mp4", "jpg")}
+    # Scratch files do not outlive their job.
+    for folder in scratch.values():
+        assert list(folder.iterdir()) == []
+
+
+def test_clip_created_while_redis_is_down_is_queued_when_it_returns(service_factory, master_url, tmp_path):
+    private = RedisServer(tmp_path / "redis-outage")
+    private.start()
+    service = service_factory(redis=private.url(0))
+    private.stop()
+
+    response = service.create_clip(vod_url=master_url, start_time=5, end_time=12)
+    assert response.status_code == 201, response.get_json()
+    clip_id = response.get_json()["clip_id"]
+    assert service.clip(clip_id)["status"] == "processing"
+    assert service.client.get(f"/api/v1/clips/{clip_id}/job").status_code == 503
+
+    private.start()
+    try:
+        # Nobody touches the clip: beat's outbox sweep queues it, a worker finishes it.
+        service.start_worker(beat=True)
+        clip = service.wait_for_clip(clip_id)
+        assert clip["status"] == "ready", clip
+        assert service.job(clip_id)["status"] == "completed"
+    finally:
+        service.stop()
+        private.stop()
