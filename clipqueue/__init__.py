@@ -42,6 +42,8 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     from clipqueue.api import bp, register_error_handlers
     from clipqueue.celery_app import celery_init_app
     from clipqueue.models import db
+    from clipqueue.openapi import openapi_bp
+    from clipqueue.ratelimit import init_rate_limits
 
     settings = Settings.from_env(env)
     app = Flask(__name__)
@@ -62,6 +64,8 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     celery_init_app(app, settings)
 
     app.register_blueprint(bp)
+    app.register_blueprint(openapi_bp)
+    init_rate_limits(app, settings)
     register_error_handlers(app)
 
     if not settings.s3_bucket:

@@ -131,7 +131,9 @@ def queue_counts():
 
 @bp.get("/dead-letter")
 def list_dead_letters():
-    limit = request.args.get("limit", default=100, type=int)
+    raw = request.args.get("limit", "100")
+    # Not type=int: that silently turns "abc" into the default.
+    limit = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4 else None
     if limit is None or not 1 <= limit <= 1000:
         return error_response(400, "invalid_field", "limit must be 1 to 1000", "limit")
     entries = deadletter.list_entries(limit)
@@ -157,7 +159,12 @@ def register_error_handlers(app) -> None:
         if not request.path.startswith("/api/"):
             return exc
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        response, status = error_response(exc.code or 500, code, exc.description or exc.name)
+        # Keep the error's own headers (Allow on 405, Retry-After...), not its HTML content type.
+        for name, value in exc.get_headers():
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):

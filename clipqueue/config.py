@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from urllib.parse import quote
+
+from limits import parse_many
 
 from clipqueue import defaults
 
@@ -20,6 +23,28 @@ def _list(value: str) -> tuple[str, ...]:
 
 def _tokens(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _rate_limit(env: Mapping[str, str], name: str) -> str:
+    """A rate limit such as ``60/minute``; empty when the setting turns it off ("0", "off")."""
+    value = env.get(name, getattr(defaults, name)).strip()
+    if value.lower() in {"", "0", "off", "none", "false"}:
+        return ""
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise ValueError(f"setting {name}={value!r} is not a rate limit like 60/minute") from exc
+    return value
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    networks = []
+    for item in _list(value):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError as exc:
+            raise ValueError(f"setting ALLOWED_PRIVATE_NETWORKS: {item!r} is not a network") from exc
+    return tuple(networks)
 
 
 def redis_url_from_env(env: Mapping[str, str]) -> str:
@@ -69,6 +94,10 @@ class Settings:
     max_output_bytes: int
     live_wait_deadline_seconds: float
     live_poll_seconds: float
+    rate_limit: str
+    rate_limit_reads: str
+    allowed_private_networks: tuple[str, ...]
+    source_max_redirects: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -126,6 +155,10 @@ class Settings:
             max_output_bytes=get("MAX_OUTPUT_BYTES", int),
             live_wait_deadline_seconds=get("LIVE_WAIT_DEADLINE_SECONDS", float),
             live_poll_seconds=get("LIVE_POLL_SECONDS", float),
+            rate_limit=_rate_limit(env, "RATE_LIMIT"),
+            rate_limit_reads=_rate_limit(env, "RATE_LIMIT_READS"),
+            allowed_private_networks=_networks(env.get("ALLOWED_PRIVATE_NETWORKS", defaults.ALLOWED_PRIVATE_NETWORKS)),
+            source_max_redirects=get("SOURCE_MAX_REDIRECTS", int),
         )
 
     def as_dict(self) -> dict:

@@ -46,3 +46,13 @@ MAX_FETCH_BYTES = 1024 * 1024 * 1024
 MAX_OUTPUT_BYTES = 512 * 1024 * 1024
 LIVE_WAIT_DEADLINE_SECONDS = 300.0
 LIVE_POLL_SECONDS = 5.0
+
+# security (added by security work)
+# Calls that change anything, per API token (per client address without one);
+# "0" or "off" turns a limit off. Syntax: "60/minute", "10/second;500/hour".
+RATE_LIMIT = "60/minute"
+RATE_LIMIT_READS = "600/minute"
+# Comma-separated networks admitted as sources even when ALLOW_PRIVATE_SOURCES
+# is false (e.g. one internal origin, "10.20.0.0/16").
+ALLOWED_PRIVATE_NETWORKS = ""
+SOURCE_MAX_REDIRECTS = 5
