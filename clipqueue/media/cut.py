@@ -8,6 +8,7 @@ an MP4 whose first video frame is a keyframe at time 0, without edit lists.
 from __future__ import annotations
 
 import bisect
+from concurrent.futures import ThreadPoolExecutor
 import json
 import shutil
 import subprocess
@@ -442,26 +443,26 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
         if copy_end is None:
             encoder = None
     if encoder is not None:
-        if first < inner:
-            head = scratch / "head.ts"
-            _encode_frames(source.path, streams, timeline, first, inner - 1, encoder, head)
-            if parameter_sets(head) != headers:
-                encoder = None  # the decoder would switch headers mid-file: not a safe splice
-            else:
-                parts.append((head, timeline.pts[inner] - timeline.pts[first]))
-    if encoder is not None:
-        body = scratch / "body.ts"
-        _select_copy(source.path, body, "v", timeline.pts[inner] - 1e-4, timeline.pts[copy_end] + 1e-4)
+        # Head, body, tail and audio are independent: produce them side by side.
+        head, body, tail = scratch / "head.ts", scratch / "body.ts", scratch / "tail.ts"
         after = copy_end + 1 if copy_end + 1 < len(timeline.pts) else None
-        parts.append((body, (timeline.pts[after] if after is not None else timeline.pts[copy_end] + timeline.frame)
-                      - timeline.pts[inner]))
+        body_end = timeline.pts[after] if after is not None else timeline.pts[copy_end] + timeline.frame
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            jobs = [pool.submit(_select_copy, source.path, body, "v", timeline.pts[inner] - 1e-4,
+                                timeline.pts[copy_end] + 1e-4)]
+            if first < inner:
+                jobs.append(pool.submit(_encode_frames, source.path, streams, timeline, first, inner - 1, encoder, head))
+            if copy_end < last:
+                jobs.append(pool.submit(_encode_frames, source.path, streams, timeline, copy_end + 1, last, encoder, tail))
+            for job in jobs:
+                job.result()
+        if first < inner:
+            parts.append((head, timeline.pts[inner] - timeline.pts[first]))
+        parts.append((body, body_end - timeline.pts[inner]))
         if copy_end < last:
-            tail = scratch / "tail.ts"
-            _encode_frames(source.path, streams, timeline, copy_end + 1, last, encoder, tail)
-            if parameter_sets(tail) != headers:
-                encoder = None
-            else:
-                parts.append((tail, timeline.pts[last] + timeline.frame - timeline.pts[copy_end + 1]))
+            parts.append((tail, timeline.pts[last] + timeline.frame - timeline.pts[copy_end + 1]))
+        if any(parameter_sets(path) != headers for path in (head, tail) if path.exists()):
+            encoder = None  # a decoder would meet other headers mid-file: not a safe splice
     if encoder is None:
         method = "reencode"
         whole = scratch / "whole.ts"

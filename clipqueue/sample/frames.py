@@ -31,8 +31,8 @@ def read_frame_ids(video: Path, ignore_editlist: bool = False) -> list[int]:
     would hide (pre-roll) are returned too: "frames stored" versus "frames shown".
     """
     args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin"]
-    if ignore_editlist:
-        args += ["-ignore_editlist", "1"]
+    if ignore_editlist and Path(video).suffix.lower() in (".mp4", ".m4v", ".mov"):
+        args += ["-ignore_editlist", "1"]  # other containers have no edit lists
     args += [
         "-i", str(video), "-map", "0:v:0",
         "-vf", f"crop={FRAME_ID_WIDTH}:{FRAME_ID_HEIGHT}:0:0,format=gray",

@@ -9,7 +9,6 @@ decoded frames.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -46,13 +45,18 @@ def _run(stream) -> None:
         raise RuntimeError(f"ffmpeg failed: {' '.join(args)}\n{result.stderr.decode(errors='replace')[-2000:]}")
 
 
-def _sources(variant: Variant, duration: float, fps: int, audio: bool, frame_offset: int):
-    """Return (video, audio) filter streams for ``variant``; either may be None."""
+def _sources(variant: Variant, duration: float, fps: int, audio: bool, frame_offset: int, grain: int = 0):
+    """Return (video, audio) filter streams for ``variant``; either may be None.
+
+    ``grain`` adds moving noise so the encoder needs a stream-like bitrate.
+    """
     video = None
     if variant.width:
         background = ffmpeg.input(
             f"testsrc2=size={variant.width}x{variant.height}:rate={fps}:duration={duration}", f="lavfi"
         )
+        if grain:
+            background = background.filter("noise", alls=grain, allf="t")
         strip = (
             ffmpeg.input(f"color=black:size={FRAME_ID_WIDTH}x{FRAME_ID_HEIGHT}:rate={fps}:duration={duration}", f="lavfi")
             .filter("format", "gray")
@@ -80,8 +84,8 @@ def _codec_args(variant: Variant, fps: int, gop_seconds: float) -> dict:
 
 
 def _encode(output: Path, variant: Variant, duration: float, fps: int, gop_seconds: float,
-            audio: bool, frame_offset: int = 0, **output_args) -> None:
-    video, sound = _sources(variant, duration, fps, audio, frame_offset)
+            audio: bool, frame_offset: int = 0, grain: int = 0, **output_args) -> None:
+    video, sound = _sources(variant, duration, fps, audio, frame_offset, grain)
     streams = [s for s in (video, sound) if s is not None]
     args = _codec_args(variant, fps, gop_seconds)
     if sound is None:
@@ -204,3 +208,51 @@ def generate_progressive_mp4(path: Path, duration: float = 30, width: int = 640,
     _encode(path, Variant("source", width, height, 1_000_000), duration, fps, gop_seconds, audio,
             movflags="+faststart")
     return path
+
+
+BENCH_VARIANTS = (("1080p", 1920, 1080, 6_500_000), ("720p", 1280, 720, 3_000_000), ("480p", 852, 480, 1_500_000))
+
+
+def generate_long_hls_vod(out_dir: Path, duration: float = 3600, unique: tuple[float, float] = (1800, 1860),
+                          variants=BENCH_VARIANTS, muted_segments: Iterable[int] = (3, 4, 200, 201, 330),
+                          segment_seconds: float = 10, fps: int = 30, gop_seconds: float = 2) -> Path:
+    """Write a long Twitch-like VOD cheaply and return its master playlist.
+
+    Only ``unique`` (a window aligned to segments, where benchmarks cut) is
+    encoded with its true frame numbers; the rest repeats one encoded
+    segment, re-muxed with continuous timestamps into ``segment_seconds`` segments.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = _variants(variants)
+    low = int(unique[0] // segment_seconds * segment_seconds)
+    high = int(-(-unique[1] // segment_seconds) * segment_seconds)
+
+    def build(variant: Variant) -> None:
+        variant_dir = out_dir / variant.name
+        variant_dir.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+            scratch_dir = Path(scratch)
+            filler = scratch_dir / "filler.ts"
+            window = scratch_dir / "window.ts"
+            _encode(filler, variant, segment_seconds, fps, gop_seconds, True, grain=25, f="mpegts")
+            _encode(window, variant, high - low, fps, gop_seconds, True, frame_offset=int(low * fps),
+                    grain=25, f="mpegts")
+            repeats_before = int(low // segment_seconds)
+            repeats_after = int(max(0, duration - high) // segment_seconds)
+            listing = scratch_dir / "parts.ffconcat"
+            # Explicit durations keep the timeline exact (audio runs a fraction of a frame past video).
+            filler_entry = f"file '{filler}'\nduration {segment_seconds}"
+            entries = ([filler_entry] * repeats_before + [f"file '{window}'\nduration {high - low}"]
+                       + [filler_entry] * repeats_after)
+            listing.write_text("ffconcat version 1.0\n" + "\n".join(entries) + "\n")
+            playlist = variant_dir / "index.m3u8"
+            _run(ffmpeg.input(str(listing), f="concat", safe=0)
+                 .output(str(playlist), c="copy", f="hls", hls_time=segment_seconds, hls_playlist_type="vod",
+                         hls_segment_filename=str(variant_dir / "%d.ts"), hls_flags="independent_segments")
+                 .global_args("-nostdin", "-hide_banner").overwrite_output())
+        _rename_muted(variant_dir, playlist, set(muted_segments), "ts")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(build, chosen))
+    return _write_master(out_dir, chosen, False)
