@@ -7,7 +7,7 @@ from celery.signals import worker_process_init
 from flask import Flask
 
 from clipqueue.config import Settings
-from clipqueue.queue import SWEEP_OUTBOX_TASK
+from clipqueue.queue import JANITOR_TASK, SWEEP_OUTBOX_TASK
 
 
 class AppContextTask(Task):
@@ -33,11 +33,13 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
             "socket_connect_timeout": 2,
             "socket_timeout": 30,
             "health_check_interval": 10,
+            "visibility_timeout": settings.visibility_timeout_seconds,
         },
         task_soft_time_limit=settings.job_soft_time_limit_seconds,
         task_time_limit=settings.job_hard_time_limit_seconds,
         beat_schedule={
             "sweep-outbox": {"task": SWEEP_OUTBOX_TASK, "schedule": settings.outbox_sweep_seconds},
+            "janitor": {"task": JANITOR_TASK, "schedule": settings.janitor_interval_seconds},
         },
     )
     celery.flask_app = app

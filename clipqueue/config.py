@@ -84,6 +84,11 @@ class Settings:
     job_retry_backoff_max_seconds: int
     job_soft_time_limit_seconds: int
     job_hard_time_limit_seconds: int
+    lease_ttl_seconds: float
+    visibility_timeout_seconds: int
+    janitor_interval_seconds: float
+    max_redeliveries: int
+    processing_deadline_seconds: float
     outbox_sweep_seconds: float
     outbox_grace_seconds: float
     fetch_concurrency: int
@@ -145,6 +150,11 @@ class Settings:
             job_retry_backoff_max_seconds=get("JOB_RETRY_BACKOFF_MAX_SECONDS", int),
             job_soft_time_limit_seconds=get("JOB_SOFT_TIME_LIMIT_SECONDS", int),
             job_hard_time_limit_seconds=get("JOB_HARD_TIME_LIMIT_SECONDS", int),
+            lease_ttl_seconds=get("LEASE_TTL_SECONDS", float),
+            visibility_timeout_seconds=get("VISIBILITY_TIMEOUT_SECONDS", int),
+            janitor_interval_seconds=get("JANITOR_INTERVAL_SECONDS", float),
+            max_redeliveries=get("MAX_REDELIVERIES", int),
+            processing_deadline_seconds=get("PROCESSING_DEADLINE_SECONDS", float),
             outbox_sweep_seconds=get("OUTBOX_SWEEP_SECONDS", float),
             outbox_grace_seconds=get("OUTBOX_GRACE_SECONDS", float),
             fetch_concurrency=get("FETCH_CONCURRENCY", int),

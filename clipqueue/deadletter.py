@@ -12,14 +12,39 @@ import logging
 import uuid
 from typing import Any
 
-from clipqueue.jobs import get_redis, job_logger, now_iso
+import sqlalchemy as sa
+
+from clipqueue.jobs import JOB_FAILED, get_redis, job_logger, job_store, now_iso
 from clipqueue.keys import DEAD_LETTER_QUEUE
-from clipqueue.models import STATUS_FAILED, STATUS_PROCESSING, Clip, db
-from clipqueue.queue import enqueue_job
+from clipqueue.models import STATUS_FAILED, STATUS_PROCESSING, Clip, db, utcnow
+from clipqueue.queue import enqueue_job, job_fields
 
 log = logging.getLogger(__name__)
 
 MAX_TRACEBACK_CHARS = 4000
+
+
+def fail_job(clip_id: str, error: str, traceback: str, attempts: int) -> None:
+    """End a job for good: clip ``failed``, job ``failed``, record in the dead-letter queue.
+
+    A clip that is already ``ready`` is left alone: a late failure never undoes a success.
+    """
+    jlog = job_logger(log, clip_id)
+    db.session.rollback()
+    now = utcnow()
+    changed = db.session.execute(
+        sa.update(Clip)
+        .where(Clip.id == uuid.UUID(clip_id), Clip.status == STATUS_PROCESSING)
+        .values(status=STATUS_FAILED, error=error, processed_at=now, updated_at=now)
+    ).rowcount
+    db.session.commit()
+    if not changed:
+        jlog.info("not failing the clip: it is no longer processing")
+        return
+    clip = db.session.get(Clip, uuid.UUID(clip_id))
+    job_store().update(clip_id, status=JOB_FAILED, error=error, completed_at=now_iso(), attempts=attempts)
+    push(clip_id, job_fields(clip), error, traceback, attempts)
+    jlog.error("job failed for good after %d attempt(s): %s", attempts, error)
 
 
 def push(clip_id: str, payload: dict[str, Any], error: str, traceback: str, attempts: int) -> None:

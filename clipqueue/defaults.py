@@ -29,9 +29,20 @@ JOB_TTL_SECONDS = 7 * 24 * 3600
 # Retries of transient failures (Celery autoretry_for with exponential backoff).
 JOB_MAX_RETRIES = 3
 JOB_RETRY_BACKOFF_SECONDS = 5
-JOB_RETRY_BACKOFF_MAX_SECONDS = 120
+JOB_RETRY_BACKOFF_MAX_SECONDS = 60
 JOB_SOFT_TIME_LIMIT_SECONDS = 600
 JOB_HARD_TIME_LIMIT_SECONDS = 660
+
+# Delivery: a running job holds a lease renewed by a heartbeat. Celery's Redis
+# transport gives an unacknowledged job back after the visibility timeout (it
+# must exceed the longest retry countdown); the janitor re-queues jobs whose
+# lease expired, at most MAX_REDELIVERIES times, and fails clips still
+# processing after PROCESSING_DEADLINE_SECONDS.
+LEASE_TTL_SECONDS = 30.0
+VISIBILITY_TIMEOUT_SECONDS = 90
+JANITOR_INTERVAL_SECONDS = 15.0
+MAX_REDELIVERIES = 3
+PROCESSING_DEADLINE_SECONDS = 3600.0
 
 # Outbox: clips whose job could not be queued (Redis down) are queued by beat.
 OUTBOX_SWEEP_SECONDS = 10.0

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 import redis
 from flask import current_app
 
+from clipqueue.exceptions import TransientError
 from clipqueue.keys import job_key
+
+log = logging.getLogger(__name__)
 
 # Job statuses (Redis), as in SPEC.md.
 JOB_QUEUED = "queued"
@@ -19,7 +23,9 @@ JOB_RETRYING = "retrying"
 JOB_COMPLETED = "completed"
 JOB_FAILED = "failed"
 
-_INT_FIELDS = ("progress", "attempts")
+_INT_FIELDS = ("progress", "attempts", "deliveries", "redeliveries")
+UPDATE_ATTEMPTS = 4
+UPDATE_RETRY_SECONDS = 0.5
 _FLOAT_FIELDS = ("start_time", "end_time")
 
 
@@ -59,6 +65,7 @@ class JobStore:
             "clip_id": clip_id,
             "status": JOB_QUEUED,
             "queued_at": now_iso(),
+            "updated_at": now_iso(),
             "progress": 0,
             "attempts": 0,
             **fields,
@@ -70,18 +77,43 @@ class JobStore:
         pipe.expire(key, self.ttl_seconds)
         pipe.execute()
 
-    def update(self, clip_id: str, **fields: Any) -> None:
+    def update(self, clip_id: str, required: bool = False, **fields: Any) -> bool:
+        """Write ``fields`` (and ``updated_at``), retrying briefly if Redis is restarting.
+
+        The database is the source of truth and this is its mirror, so a write
+        that still fails is logged and skipped; with ``required`` it raises
+        ``TransientError`` so the task is retried.
+        """
+        key = job_key(clip_id)
+        mapping = _encode({"clip_id": clip_id, **fields, "updated_at": now_iso()})
+        for attempt in range(UPDATE_ATTEMPTS):
+            try:
+                pipe = self.client.pipeline(transaction=True)
+                pipe.hset(key, mapping=mapping)
+                pipe.expire(key, self.ttl_seconds)
+                pipe.execute()
+                return True
+            except redis.RedisError as exc:
+                error = exc
+                time.sleep(UPDATE_RETRY_SECONDS * (attempt + 1))
+        if required:
+            raise TransientError(f"job store (Redis) unavailable: {error}") from error
+        job_logger(log, clip_id).warning("job metadata not updated (Redis unavailable): %s", error)
+        return False
+
+    def count_delivery(self, clip_id: str) -> int:
+        """Count one more start of this job (retries and redeliveries alike)."""
         key = job_key(clip_id)
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, mapping=_encode({"clip_id": clip_id, **fields}))
+        pipe.hincrby(key, "deliveries", 1)
         pipe.expire(key, self.ttl_seconds)
-        pipe.execute()
+        return int(pipe.execute()[0])
 
     def get(self, clip_id: str) -> dict[str, Any] | None:
         raw = self.client.hgetall(job_key(clip_id))
         if not raw:
             return None
-        return _decode(raw)
+        return decode_record(raw)
 
 
 def job_store() -> JobStore:
@@ -93,7 +125,7 @@ def _encode(record: dict[str, Any]) -> dict[str, str]:
     return {key: "" if value is None else str(value) for key, value in record.items()}
 
 
-def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, Any]:
+def decode_record(raw: dict[bytes | str, bytes | str]) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for key, value in raw.items():
         key = key.decode() if isinstance(key, bytes) else key

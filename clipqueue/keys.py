@@ -13,3 +13,10 @@ JOB_KEY_PREFIX = "clip_extraction_job:"
 def job_key(clip_id: str) -> str:
     """The Redis hash holding a job's metadata."""
     return f"{JOB_KEY_PREFIX}{clip_id}"
+
+LEASE_KEY_PREFIX = "clip_extraction_lease:"
+
+
+def lease_key(clip_id: str) -> str:
+    """The lease a running job holds, renewed by its heartbeat; gone means nobody runs it."""
+    return f"{LEASE_KEY_PREFIX}{clip_id}"

@@ -27,13 +27,16 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they are UTC here."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
 def isoformat(value: datetime | None) -> str | None:
     """ISO 8601 UTC with a ``Z``; SQLite hands back naive datetimes, which are UTC here."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return as_utc(value).astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 class Clip(db.Model):

@@ -11,7 +11,7 @@ from celery import Celery
 from flask import current_app
 from kombu.exceptions import OperationalError as BrokerError
 
-from clipqueue.jobs import get_redis, job_logger, job_store
+from clipqueue.jobs import JOB_QUEUED, get_redis, job_logger, job_store, now_iso
 from clipqueue.keys import CONTROL_QUEUE, DEAD_LETTER_QUEUE, JOB_QUEUE
 from clipqueue.models import STATUS_PROCESSING, Clip, db, utcnow
 
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 PROCESS_TASK = "clipqueue.process_clip"
 FINALIZE_TASK = "clipqueue.finalize_clip"
 SWEEP_OUTBOX_TASK = "clipqueue.sweep_outbox"
+JANITOR_TASK = "clipqueue.janitor"
 
 
 def celery_app() -> Celery:
@@ -38,6 +39,19 @@ def job_fields(clip: Clip) -> dict:
     }
 
 
+def send_job(clip_id: str) -> None:
+    """Send the clip's Celery chain: ``process_clip`` on the job queue, then ``finalize_clip``."""
+    app = celery_app()
+    # Task ids carry the clip id so Celery's own log lines name the clip too.
+    nonce = uuid.uuid4().hex[:8]
+    chain = app.signature(
+        PROCESS_TASK, kwargs={"clip_id": clip_id}, queue=JOB_QUEUE, immutable=True
+    ).set(task_id=f"clip-{clip_id}-extract-{nonce}") | app.signature(
+        FINALIZE_TASK, kwargs={"clip_id": clip_id}, queue=CONTROL_QUEUE
+    ).set(task_id=f"clip-{clip_id}-finalize-{nonce}")
+    chain.apply_async(retry=False)
+
+
 def enqueue_job(clip: Clip) -> bool:
     """Mirror the job's metadata in Redis and queue its Celery chain.
 
@@ -47,17 +61,9 @@ def enqueue_job(clip: Clip) -> bool:
     """
     clip_id = str(clip.id)
     jlog = job_logger(log, clip_id)
-    app = celery_app()
-    # Task ids carry the clip id so Celery's own log lines name the clip too.
-    nonce = uuid.uuid4().hex[:8]
-    chain = app.signature(
-        PROCESS_TASK, kwargs={"clip_id": clip_id}, queue=JOB_QUEUE, immutable=True
-    ).set(task_id=f"clip-{clip_id}-extract-{nonce}") | app.signature(
-        FINALIZE_TASK, kwargs={"clip_id": clip_id}, queue=CONTROL_QUEUE
-    ).set(task_id=f"clip-{clip_id}-finalize-{nonce}")
     try:
         job_store().create(clip_id, job_fields(clip))
-        chain.apply_async(retry=False)
+        send_job(clip_id)
     except (redis.RedisError, BrokerError, OSError) as exc:
         jlog.warning("job not queued, Redis unavailable (the outbox sweep will queue it): %s", exc)
         return False
@@ -65,6 +71,18 @@ def enqueue_job(clip: Clip) -> bool:
     db.session.commit()
     jlog.info("job queued on %s", JOB_QUEUE)
     return True
+
+
+def requeue_job(clip: Clip, reason: str, redeliveries: int) -> None:
+    """Queue a job again whose worker was lost, keeping its metadata and counting the redelivery."""
+    clip_id = str(clip.id)
+    store = job_store()
+    if store.get(clip_id) is None:
+        store.create(clip_id, job_fields(clip))
+    store.update(clip_id, required=True, status=JOB_QUEUED, stage=None, requeued_at=now_iso(),
+                 requeue_reason=reason, redeliveries=redeliveries)
+    send_job(clip_id)
+    job_logger(log, clip_id).warning("job re-queued (%s), redelivery %d", reason, redeliveries)
 
 
 def pending_count() -> int:

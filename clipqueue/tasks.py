@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import TypedDict
 
+import redis
 import sqlalchemy as sa
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -24,12 +25,14 @@ from clipqueue.celery_app import AppContextTask
 from clipqueue.config import Settings
 from clipqueue.exceptions import ClipqueueError, TransientError
 from clipqueue.jobs import (
-    JOB_COMPLETED, JOB_FAILED, JOB_RETRYING, JOB_RUNNING, job_logger, job_store, now_iso, worker_name,
+    JOB_COMPLETED, JOB_RETRYING, JOB_RUNNING, get_redis, job_logger, job_store, now_iso, worker_name,
 )
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.media.thumbnail import make_thumbnail
-from clipqueue.models import STATUS_FAILED, STATUS_PROCESSING, STATUS_READY, Clip, db, utcnow
-from clipqueue.queue import FINALIZE_TASK, PROCESS_TASK, SWEEP_OUTBOX_TASK, job_fields, sweep_outbox
+from clipqueue.models import STATUS_PROCESSING, STATUS_READY, Clip, db, utcnow
+from clipqueue.janitor import run_janitor
+from clipqueue.lease import JobLease
+from clipqueue.queue import FINALIZE_TASK, JANITOR_TASK, PROCESS_TASK, SWEEP_OUTBOX_TASK, sweep_outbox
 from clipqueue.storage import object_key, storage_from_settings
 from clipqueue.urlpolicy import SourcePolicy
 
@@ -38,7 +41,10 @@ log = logging.getLogger(__name__)
 # autoretry_for reads its backoff when the task is declared, so the retry
 # policy comes from the environment at import (it needs no app).
 _RETRY = Settings.from_env()
-RETRYABLE = (TransientError, sa.exc.OperationalError, sa.exc.InterfaceError)
+RETRYABLE = (
+    TransientError, sa.exc.OperationalError, sa.exc.InterfaceError,
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+)
 
 # Share of the progress bar that fetching and cutting take up.
 _EXTRACT_SHARE = 0.8
@@ -85,31 +91,7 @@ class ClipJobTask(AppContextTask):
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         clip_id = kwargs["clip_id"]
         with self.flask_context():
-            fail_job(clip_id, describe_error(exc), str(einfo), self.request.retries + 1)
-
-
-def fail_job(clip_id: str, error: str, traceback: str, attempts: int) -> None:
-    """End a job for good: clip ``failed``, job ``failed``, record in the dead-letter queue.
-
-    A clip that is already ``ready`` is left alone: a late failure never undoes a success.
-    """
-    jlog = job_logger(log, clip_id)
-    db.session.rollback()
-    now = utcnow()
-    changed = db.session.execute(
-        sa.update(Clip)
-        .where(Clip.id == uuid.UUID(clip_id), Clip.status == STATUS_PROCESSING)
-        .values(status=STATUS_FAILED, error=error, processed_at=now, updated_at=now)
-    ).rowcount
-    db.session.commit()
-    if not changed:
-        jlog.info("not failing the clip: it is no longer processing")
-        return
-    clip = db.session.get(Clip, uuid.UUID(clip_id))
-    store = job_store()
-    store.update(clip_id, status=JOB_FAILED, error=error, completed_at=now_iso(), attempts=attempts)
-    deadletter.push(clip_id, job_fields(clip), error, traceback, attempts)
-    jlog.error("job failed for good after %d attempt(s): %s", attempts, error)
+            deadletter.fail_job(clip_id, describe_error(exc), str(einfo), self.request.retries + 1)
 
 
 @shared_task(
@@ -123,7 +105,12 @@ def fail_job(clip_id: str, error: str, traceback: str, attempts: int) -> None:
     retry_jitter=True,
 )
 def process_clip(self, clip_id: str) -> StoredClip | None:
-    """Fetch the range, cut it, make the thumbnail and upload both."""
+    """Fetch the range, cut it, make the thumbnail and upload both.
+
+    Returns None, doing nothing, for a clip that is no longer processing (a
+    redelivered job of a finished clip) or whose job runs elsewhere right now
+    (a duplicate delivery: the lease is held).
+    """
     jlog = job_logger(log, clip_id)
     settings: Settings = current_app.config["CLIPQUEUE"]
     clip = db.session.get(Clip, uuid.UUID(clip_id))
@@ -144,13 +131,34 @@ def process_clip(self, clip_id: str) -> StoredClip | None:
     db.session.remove()
 
     store = job_store()
-    attempt = self.request.retries + 1
-    store.update(
-        clip_id, status=JOB_RUNNING, started_at=now_iso(), attempts=attempt,
-        worker=self.request.hostname or worker_name(), stage="fetching", progress=0, error=None,
-    )
-    jlog.info("attempt %d: extracting %.3f-%.3f s (%s, %s)", attempt, request.start_time,
-              request.end_time, request.quality, request.mode)
+    deliveries = store.count_delivery(clip_id)
+    most = settings.job_max_retries + 1 + settings.max_redeliveries
+    if deliveries > most:
+        deadletter.fail_job(clip_id, f"job started {deliveries - 1} times without finishing; giving up",
+                            "", self.request.retries + 1)
+        return None
+    worker = self.request.hostname or worker_name()
+    lease = JobLease(get_redis(), clip_id, settings.lease_ttl_seconds, owner=worker)
+    if not lease.acquire():
+        jlog.info("job is running elsewhere (lease held); dropping this duplicate delivery")
+        return None
+    with lease:
+        attempt = self.request.retries + 1
+        store.update(
+            clip_id, status=JOB_RUNNING, started_at=now_iso(), attempts=attempt, worker=worker,
+            stage="fetching", progress=0, error=None,
+        )
+        jlog.info("attempt %d on %s: extracting %.3f-%.3f s (%s, %s)", attempt, worker,
+                  request.start_time, request.end_time, request.quality, request.mode)
+        stored = _produce(clip_id, request, settings, store)
+        # Still under the lease: the janitor leaves finalizing jobs alone.
+        store.update(clip_id, stage="finalizing", progress=95)
+    return stored
+
+
+def _produce(clip_id: str, request: ClipRequest, settings: Settings, store) -> StoredClip:
+    """Extract, thumbnail and upload in one scratch folder that never outlives the job."""
+    jlog = job_logger(log, clip_id)
 
     def on_stage(stage: str, progress: int) -> None:
         store.update(clip_id, stage=stage, progress=int(progress * _EXTRACT_SHARE))
@@ -235,14 +243,24 @@ def finalize_clip(self, stored: StoredClip | None, clip_id: str) -> None:
     ).rowcount
     db.session.commit()
     if not changed:
-        jlog.info("clip was already finalized; leaving it as it is")
-        return
+        status = db.session.get(Clip, uuid.UUID(clip_id)).status
+        if status != STATUS_READY:
+            jlog.info("clip is %s; not finalizing it", status)
+            return
+        jlog.info("clip was already finalized; only the job metadata is written again")
+    # Required: a retry of this task writes it again (the update above is then a no-op).
     store.update(
-        clip_id, status=JOB_COMPLETED, progress=100, completed_at=now_iso(), error=None,
+        clip_id, required=True, status=JOB_COMPLETED, progress=100, completed_at=now_iso(), error=None,
         video_url=stored["video_url"], thumbnail_url=stored["thumbnail_url"],
         quality_used=stored["quality_used"],
     )
     jlog.info("clip ready: %s", stored["video_url"])
+
+
+@shared_task(name=JANITOR_TASK)
+def janitor_task() -> dict:
+    """Re-queue jobs whose worker died, fail clips past the processing deadline."""
+    return dict(run_janitor())
 
 
 @shared_task(name=SWEEP_OUTBOX_TASK)

@@ -13,7 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.services import REPO, RedisServer, WorkerProcess, free_port, postgres_database, wait_until
+from tests.services import REPO, BeatProcess, RedisServer, WorkerProcess, free_port, postgres_database, wait_until
 
 # boto3 in the tests and in the workers talks to the local S3 API server only.
 AWS_ENV = {
@@ -100,6 +100,14 @@ class Service:
         self.workers.append(worker)
         return worker.start()
 
+    def start_beat(self) -> BeatProcess:
+        beat = BeatProcess(self.env, "beat", self.workdir)
+        self.workers.append(beat)
+        return beat.start()
+
+    def worker_logs(self) -> str:
+        return "\n".join(worker.log() for worker in self.workers)
+
     def create_clip(self, **body):
         return self.client.post("/api/v1/clips", json=body)
 
@@ -119,7 +127,7 @@ class Service:
                 timeout, interval=0.2, what=f"clip {clip_id} to finish",
             )
         except AssertionError:
-            logs = "\n".join(w.log()[-4000:] for w in self.workers)
+            logs = "\n".join(w.log()[-6000:] for w in self.workers)
             raise AssertionError(f"clip {clip_id} still processing; worker logs:\n{logs}") from None
 
     def stop(self) -> None:
@@ -165,6 +173,9 @@ def service_factory(tmp_path: Path, redis_url: str, request):
             "JOB_RETRY_BACKOFF_MAX_SECONDS": "2",
             "OUTBOX_SWEEP_SECONDS": "1",
             "OUTBOX_GRACE_SECONDS": "0",
+            # Tests poll and create far faster than any viewer; the rate-limit tests turn them on.
+            "RATE_LIMIT": "0",
+            "RATE_LIMIT_READS": "0",
         }
         (workdir / "scratch").mkdir()
         if storage == "s3":

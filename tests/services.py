@@ -101,6 +101,8 @@ def postgres_database():
 class WorkerProcess:
     """A real ``celery worker`` in its own process group, configured by environment alone."""
 
+    ready_marker = b"ready."
+
     def __init__(self, env: dict[str, str], name: str, logdir: Path, beat: bool = False,
                  concurrency: int = 1):
         self.env = env
@@ -111,7 +113,7 @@ class WorkerProcess:
         self.process: subprocess.Popen | None = None
         self.logdir = logdir
 
-    def start(self) -> WorkerProcess:
+    def command(self) -> list[str]:
         command = [
             sys.executable, "-m", "celery", "-A", "clipqueue.make_celery", "worker",
             "--queues", "clip_extraction_jobs,clipqueue_control",
@@ -121,12 +123,15 @@ class WorkerProcess:
         ]
         if self.beat:
             command += ["--beat", "--schedule", str(self.logdir / f"{self.name}-beat-schedule")]
+        return command
+
+    def start(self) -> WorkerProcess:
         self.log_file = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            command, env={**os.environ, **self.env}, cwd=REPO,
+            self.command(), env={**os.environ, **self.env}, cwd=REPO,
             stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        wait_until(lambda: b"ready." in self.log_path.read_bytes() or self._died(), 60,
+        wait_until(lambda: self.ready_marker in self.log_path.read_bytes() or self._died(), 60,
                    what=f"worker {self.name} to start")
         if self._died():
             raise AssertionError(f"worker {self.name} exited:\n{self.log()}")
@@ -153,3 +158,15 @@ class WorkerProcess:
             self.process.wait(10)
         self.log_file.close()
         self.process = None
+
+
+class BeatProcess(WorkerProcess):
+    """A real ``celery beat``: the Procfile's periodic work (outbox sweep, janitor)."""
+
+    ready_marker = b"beat: Starting"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "celery", "-A", "clipqueue.make_celery", "beat",
+            "--schedule", str(self.logdir / f"{self.name}-schedule"), "--loglevel", "INFO",
+        ]

@@ -1,0 +1,88 @@
+"""Per-job leases: a running job holds one in Redis and renews it from a heartbeat thread.
+
+A delivery that finds the lease held by someone else is a duplicate of a job
+that is still running and does nothing. A lease that expired means its worker
+died: the janitor re-queues the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+import redis
+
+from clipqueue.keys import lease_key
+
+log = logging.getLogger(__name__)
+
+# Renew or release only a lease we still hold (compare the token, then act).
+# A lease that vanished (Redis restarted without persistence) is taken again.
+_RENEW = """
+local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+if not holder then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class JobLease:
+    """The lease of one clip's job, held while a worker runs it."""
+
+    def __init__(self, client: redis.Redis, clip_id: str, ttl_seconds: float, owner: str):
+        self.client = client
+        self.key = lease_key(clip_id)
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self.token = f"{owner}:{uuid.uuid4().hex}"
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        """Take the lease unless another delivery holds it."""
+        return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
+
+    def renew(self) -> bool:
+        return bool(self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
+
+    def release(self) -> None:
+        try:
+            self.client.eval(_RELEASE, 1, self.key, self.token)
+        except redis.RedisError as exc:
+            # It expires by itself; the janitor never re-queues a finished job.
+            log.warning("could not release %s: %s", self.key, exc)
+
+    def _beat(self) -> None:
+        interval = self.ttl_ms / 3000
+        while not self._stop.wait(interval):
+            try:
+                if not self.renew():
+                    log.warning("lease %s was lost; another delivery may run this job", self.key)
+                    self.lost.set()
+                    return
+            except redis.RedisError as exc:
+                # Redis restarting: keep trying until the lease would have expired anyway.
+                log.warning("lease heartbeat for %s failed: %s", self.key, exc)
+
+    def __enter__(self) -> JobLease:
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{self.key}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.release()

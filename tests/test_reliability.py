@@ -1,0 +1,251 @@
+"""Jobs are never lost and never done twice: real worker processes killed, Redis and S3 cut."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import boto3
+import pytest
+import redis
+
+from clipqueue.keys import DEAD_LETTER_QUEUE
+from clipqueue.sample.server import serve_directory
+from tests.services import RedisServer, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+# Short bounds through settings, never by mocking: a lost worker is noticed
+# after LEASE_TTL_SECONDS and re-queued by the janitor within a second more.
+FAST_RECOVERY = {
+    "LEASE_TTL_SECONDS": "3",
+    "JANITOR_INTERVAL_SECONDS": "1",
+    "VISIBILITY_TIMEOUT_SECONDS": "120",
+}
+
+
+@pytest.fixture
+def slow_vod(vod_dir):
+    """The test VOD behind a slow link: fetching one clip takes a few seconds."""
+    server = serve_directory(vod_dir, connection_bandwidth=120_000)
+    yield f"{server.url}/hls/master.m3u8"
+    server.stop()
+
+
+def stored_keys(service) -> list[str]:
+    s3 = boto3.client("s3", endpoint_url=service.env["S3_ENDPOINT_URL"])
+    listing = s3.list_objects_v2(Bucket=service.env["S3_BUCKET"])
+    return sorted(obj["Key"] for obj in listing.get("Contents", []))
+
+
+def wait_for_stage(service, clip_id: str, statuses=("running",), timeout: float = 60) -> dict:
+    return wait_until(
+        lambda: (job := service.job(clip_id)).get("status") in statuses and job,
+        timeout, interval=0.1, what=f"job {clip_id} to reach {statuses}",
+    )
+
+
+def finalized_times(service, clip_id: str) -> int:
+    return service.worker_logs().count(f"[clip_id={clip_id}] clip ready:")
+
+
+def test_sigkilled_worker_job_runs_again_and_is_finalized_once(service_factory, slow_vod):
+    service = service_factory(storage="s3", **FAST_RECOVERY)
+    victim = service.start_worker("victim")
+    clip_id = service.create_clip(vod_url=slow_vod, start_time=12.4, end_time=27.4).get_json()["clip_id"]
+    assert wait_for_stage(service, clip_id)["worker"].startswith("victim@")
+
+    service.start_worker("survivor")
+    service.start_beat()
+    killed_at = time.monotonic()
+    victim.signal_group(signal.SIGKILL)
+
+    clip = service.wait_for_clip(clip_id, timeout=120)
+    recovered_in = time.monotonic() - killed_at
+    assert clip["status"] == "ready", clip
+    job = service.job(clip_id)
+    assert job["worker"].startswith("survivor@")
+    assert job["redeliveries"] == 1 and job["status"] == "completed"
+    assert stored_keys(service) == [f"clips/{clip_id}.jpg", f"clips/{clip_id}.mp4"]
+    assert finalized_times(service, clip_id) == 1
+    # The recovery bound the issue asks for: about two minutes at most.
+    assert recovered_in < 120
+
+
+def test_term_lets_the_job_in_flight_finish(service_factory, slow_vod):
+    service = service_factory(storage="s3")
+    worker = service.start_worker("leaving")
+    clip_id = service.create_clip(vod_url=slow_vod, start_time=2.0, end_time=17.0).get_json()["clip_id"]
+    wait_for_stage(service, clip_id)
+
+    os.kill(worker.process.pid, signal.SIGTERM)  # warm shutdown, as a deploy would
+    assert worker.process.wait(120) == 0
+    assert f"Task clipqueue.process_clip[clip-{clip_id}-extract" in worker.log()
+    assert "succeeded" in worker.log()
+    # The finalizing step waits for any worker; the job is not started again.
+    service.start_worker("next")
+    clip = service.wait_for_clip(clip_id)
+    assert clip["status"] == "ready"
+    job = service.job(clip_id)
+    assert job["deliveries"] == 1 and job["worker"].startswith("leaving@")
+    assert finalized_times(service, clip_id) == 1
+
+
+def test_same_job_delivered_twice_at_once_runs_once(service_factory, slow_vod):
+    from clipqueue.queue import send_job
+
+    service = service_factory(storage="s3")
+    clip_id = service.create_clip(vod_url=slow_vod, start_time=30.5, end_time=40.5).get_json()["clip_id"]
+    with service.app.app_context():
+        send_job(clip_id)  # the same job a second time, as a redelivery would
+    service.start_worker("one")
+    service.start_worker("two")
+
+    clip = service.wait_for_clip(clip_id)
+    assert clip["status"] == "ready"
+    logs = service.worker_logs()
+    assert logs.count(f"[clip_id={clip_id}] stored ") == 1
+    assert f"[clip_id={clip_id}] job is running elsewhere" in logs or \
+        f"[clip_id={clip_id}] clip is already ready" in logs
+    assert service.job(clip_id)["deliveries"] in (1, 2)
+    assert finalized_times(service, clip_id) == 1
+    assert stored_keys(service) == [f"clips/{clip_id}.jpg", f"clips/{clip_id}.mp4"]
+
+
+@pytest.fixture
+def own_s3(service_factory):
+    """A private S3 API server the test may stop and start again on the same port."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    state = {"server": None}
+
+    def start():
+        state["server"] = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        state["server"].start()
+
+    def stop():
+        state["server"].stop()
+
+    start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="outage")
+    yield endpoint, start, stop
+    try:
+        stop()
+    except Exception:
+        pass
+
+
+def test_storage_outage_within_retry_budget_is_retried_to_ready(service_factory, master_url, own_s3):
+    endpoint, start_s3, stop_s3 = own_s3
+    service = service_factory(S3_BUCKET="outage", S3_ENDPOINT_URL=endpoint, JOB_MAX_RETRIES="6",
+                              JOB_RETRY_BACKOFF_SECONDS="1", JOB_RETRY_BACKOFF_MAX_SECONDS="2")
+    service.start_worker()
+    stop_s3()
+    clip_id = service.create_clip(vod_url=master_url, start_time=5, end_time=9).get_json()["clip_id"]
+    job = wait_for_stage(service, clip_id, statuses=("retrying",))
+    assert "object store" in job["error"]
+    start_s3()
+
+    clip = service.wait_for_clip(clip_id)
+    assert clip["status"] == "ready", clip
+    job = service.job(clip_id)
+    assert job["attempts"] >= 2 and job["status"] == "completed"
+    assert service.client.get("/api/v1/queue").get_json()["dead_letter"] == 0
+
+
+def test_storage_outage_past_retry_budget_dead_letters_then_replay_succeeds(
+    service_factory, master_url, own_s3
+):
+    endpoint, start_s3, stop_s3 = own_s3
+    service = service_factory(S3_BUCKET="outage", S3_ENDPOINT_URL=endpoint, JOB_MAX_RETRIES="2")
+    service.start_worker()
+    stop_s3()
+    clip_id = service.create_clip(vod_url=master_url, start_time=5, end_time=9).get_json()["clip_id"]
+
+    clip = service.wait_for_clip(clip_id)
+    assert clip["status"] == "failed" and "object store" in clip["error"]
+    letters = service.client.get("/api/v1/dead-letter").get_json()["jobs"]
+    assert [(entry["clip_id"], entry["attempts"]) for entry in letters] == [(clip_id, 3)]
+    assert letters[0]["traceback"]
+
+    start_s3()
+    first = service.client.post(f"/api/v1/dead-letter/{clip_id}/replay")
+    second = service.client.post(f"/api/v1/dead-letter/{clip_id}/replay")
+    assert (first.status_code, first.get_json()["replayed"]) == (202, True)
+    assert (second.status_code, second.get_json()["replayed"]) == (200, False)
+    clip = service.wait_for_clip(clip_id)
+    assert clip["status"] == "ready" and clip["error"] is None
+    assert service.client.get("/api/v1/queue").get_json() == {**service.client.get("/api/v1/queue").get_json(),
+                                                             "dead_letter": 0, "pending": 0}
+    assert finalized_times(service, clip_id) == 1
+
+
+def _start_clips(service, url: str, count: int) -> list[str]:
+    return [
+        service.create_clip(vod_url=url, start_time=2.0 + 5 * i, end_time=6.0 + 5 * i).get_json()["clip_id"]
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("appendonly", [True, False], ids=["aof", "no-persistence"])
+def test_redis_restart_with_jobs_queued_and_running_loses_none(service_factory, slow_vod, tmp_path, appendonly):
+    private = RedisServer(tmp_path / "redis", appendonly=appendonly)
+    private.start()
+    try:
+        service = service_factory(storage="s3", redis=private.url(0), **FAST_RECOVERY)
+        service.start_worker("w1")
+        service.start_beat()
+        clip_ids = _start_clips(service, slow_vod, 4)
+        wait_for_stage(service, clip_ids[0])
+
+        private.stop()
+        time.sleep(1)
+        private.start()
+
+        clips = [service.wait_for_clip(clip_id, timeout=180) for clip_id in clip_ids]
+        assert [clip["status"] for clip in clips] == ["ready"] * 4, clips
+        expected = sorted(f"clips/{c}.{ext}" for c in clip_ids for ext in ("jpg", "mp4"))
+        assert stored_keys(service) == expected
+        for clip_id in clip_ids:
+            assert finalized_times(service, clip_id) == 1
+    finally:
+        private.stop()
+
+
+def test_soak_jobs_with_workers_killed_at_random(service_factory, master_url):
+    """SOAK_JOBS clips (200 in a full run), two workers, a worker SIGKILLed three times."""
+    total = int(os.environ.get("SOAK_JOBS", "40"))
+    rng = random.Random(int(os.environ.get("SOAK_SEED", "7")))
+    service = service_factory(storage="s3", **FAST_RECOVERY)
+    workers = [service.start_worker("soak1"), service.start_worker("soak2")]
+    service.start_beat()
+    began = time.monotonic()
+    clip_ids = [
+        service.create_clip(vod_url=master_url, start_time=(i % 50) + 0.5, end_time=(i % 50) + 2.5,
+                            mode="copy").get_json()["clip_id"]
+        for i in range(total)
+    ]
+    kills = 0
+    for fraction in (0.2, 0.45, 0.7):
+        done = lambda: sum(service.clip(c)["status"] != "processing" for c in clip_ids)  # noqa: E731
+        wait_until(lambda: done() >= fraction * total, 300, interval=0.5, what="soak progress")
+        victim = rng.choice(workers)
+        victim.signal_group(signal.SIGKILL)
+        victim.stop()
+        kills += 1
+        victim.start()
+
+    clips = [service.wait_for_clip(clip_id, timeout=300) for clip_id in clip_ids]
+    elapsed = time.monotonic() - began
+    tally = {status: sum(c["status"] == status for c in clips) for status in ("ready", "failed", "processing")}
+    keys = stored_keys(service)
+    dead = redis.Redis.from_url(service.env["REDIS_URL"]).llen(DEAD_LETTER_QUEUE)
+    print(f"\nsoak: {total} jobs, {kills} kills, {tally}, {len(keys)} objects, "
+          f"dead letters {dead}, {elapsed:.1f} s")
+    assert tally["ready"] == total
+    assert len(keys) == 2 * total
+    assert dead == 0
