@@ -120,9 +120,11 @@ class Settings:
                 raise ValueError(f"setting {name}={raw!r} is not a valid {convert.__name__}") from exc
 
         database_url = env.get("DATABASE_URL") or defaults.DATABASE_URL
-        # Heroku-style URLs say postgres://, which SQLAlchemy 2 no longer accepts.
-        if database_url.startswith("postgres://"):
-            database_url = "postgresql://" + database_url[len("postgres://"):]
+        # Heroku-style postgres:// and a bare postgresql:// both mean psycopg2 (the
+        # design's driver); SQLAlchemy 2.1 would otherwise pick psycopg 3.
+        for prefix in ("postgres://", "postgresql://"):
+            if database_url.startswith(prefix):
+                database_url = "postgresql+psycopg2://" + database_url[len(prefix):]
         # A relative SQLite path means the folder the processes run in, for every process alike.
         if database_url.startswith("sqlite:///") and not database_url.startswith("sqlite:////"):
             relative = database_url[len("sqlite:///"):]

@@ -249,3 +249,39 @@ def test_soak_jobs_with_workers_killed_at_random(service_factory, master_url):
     assert tally["ready"] == total
     assert len(keys) == 2 * total
     assert dead == 0
+
+
+def test_database_connection_dropped_before_finalize_is_retried_and_finalized_once(service_factory, slow_vod):
+    import psycopg2
+
+    from tests.services import POSTGRES_ADMIN_URL
+
+    service = service_factory(db="postgres", storage="s3", JOB_MAX_RETRIES="8")
+    database = service.env["DATABASE_URL"].rsplit("/", 1)[1]
+    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
+    admin.autocommit = True
+
+    def set_connections(allowed: bool) -> None:
+        with admin.cursor() as cursor:
+            cursor.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}')
+            if not allowed:
+                cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                               (database,))
+
+    try:
+        service.start_worker()
+        clip_id = service.create_clip(vod_url=slow_vod, start_time=3, end_time=13).get_json()["clip_id"]
+        wait_for_stage(service, clip_id)
+        # The worker's connections are cut and new ones refused while it extracts.
+        set_connections(False)
+        job = wait_for_stage(service, clip_id, statuses=("retrying",), timeout=90)
+        assert "database unavailable" in job["error"]
+        set_connections(True)
+
+        clip = service.wait_for_clip(clip_id)
+        assert clip["status"] == "ready"
+        assert finalized_times(service, clip_id) == 1
+        assert service.worker_logs().count(f"[clip_id={clip_id}] stored ") == 1
+    finally:
+        set_connections(True)
+        admin.close()
