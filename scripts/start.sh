@@ -22,6 +22,13 @@ if [ -z "${REDIS_URL:-}${REDIS_HOST:-}" ]; then
   fi
 fi
 
+# Flower refuses to start without credentials; the local default makes some once.
+if [ -z "${FLOWER_BASIC_AUTH:-}${FLOWER_AUTH_PROVIDER:-}" ]; then
+  [ -f .run/flower-credentials ] || echo "admin:$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')" > .run/flower-credentials
+  export FLOWER_BASIC_AUTH="$(cat .run/flower-credentials)"
+  echo "Flower: http://localhost:${FLOWER_PORT:-5555} (login in .run/flower-credentials)"
+fi
+
 export PORT="${PORT:-8000}"
 export PUBLIC_BASE_URL="${PUBLIC_BASE_URL:-http://localhost:$PORT}"
 export BEAT_SCHEDULE_FILE="${BEAT_SCHEDULE_FILE:-$PWD/.run/beat-schedule}"
