@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -197,6 +198,11 @@ class _Server(ThreadingHTTPServer):
         self.stats = Stats()
         self.bucket = _TokenBucket()
         self.lock = threading.Lock()
+
+    def handle_error(self, request, client_address) -> None:
+        # Clients (ffmpeg, yt-dlp) hang up mid-body when they have enough; that is not an error here.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
     def resolve(self, url_path: str) -> Path | None:
         candidate = (self.root / url_path.lstrip("/")).resolve()
