@@ -479,6 +479,21 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
     return _describe(output, timeline.vod(low), timeline.vod(high), method)
 
 
+def cut_audio(source: LocalSource, streams: Streams, start_time: float, end_time: float,
+              output: Path, scratch: Path) -> CutResult:
+    """Cut an audio-only source: copy the audio frames nearest the range (each ~21 ms for AAC)."""
+    zero = source.zero_pts if source.zero_pts is not None else streams.audio[0].pts
+    timeline = Timeline([p.pts for p in streams.audio], zero, source.vod_offset, streams.audio_frame)
+    low, high = _audio_range(streams, timeline.file(start_time), timeline.file(end_time))
+    chosen = [p.pts for p in streams.audio if low <= p.pts <= high]
+    if not chosen:
+        raise RangeNotInVod(f"no audio of the fetched media lies in {start_time:.3f}-{end_time:.3f}s")
+    audio = scratch / "audio-only.ts"
+    _select_copy(source.path, audio, "a", low, high)
+    _mux(None, audio, output)
+    return _describe(output, timeline.vod(min(chosen)), timeline.vod(max(chosen)) + streams.audio_frame, "copy")
+
+
 def cut_clip(source: LocalSource, start_time: float, end_time: float, mode: str, output: Path, scratch: Path,
              on_progress: Callable[[int], None] | None = None) -> CutResult:
     """Cut ``[start_time, end_time)`` (VOD seconds) of ``source`` into the MP4 ``output``.
@@ -490,7 +505,7 @@ def cut_clip(source: LocalSource, start_time: float, end_time: float, mode: str,
     if on_progress:
         on_progress(10)
     if not streams.video:
-        raise InvalidMedia("audio-only sources are not supported yet")
+        return cut_audio(source, streams, start_time, end_time, output, scratch)
     if mode == "copy":
         return cut_copy(source, streams, start_time, end_time, output, scratch)
     return cut_accurate(source, streams, start_time, end_time, output, scratch)

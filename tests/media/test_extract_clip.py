@@ -54,3 +54,17 @@ def test_accurate_mode_shows_exactly_the_asked_frames_from_a_keyframe(fresh_serv
     assert result.actual_start_time == pytest.approx(start, abs=1 / FPS)
     assert result.actual_end_time == pytest.approx(end, abs=1 / FPS)
     assert result.method in ("smart_cut", "reencode")
+
+
+def test_audio_only_quality_gives_an_audio_clip_of_the_range(tmp_path_factory, options, tmp_path):
+    from clipqueue.sample.server import serve_directory
+    from clipqueue.sample.vod import generate_hls_vod
+
+    root = tmp_path_factory.mktemp("audio-only")
+    generate_hls_vod(root, duration=20, variants=(("480p", 426, 240, 400_000), ("audio_only", 0, 0, 160_000)))
+    with serve_directory(root) as server:
+        result = extract_clip(ClipRequest(f"{server.url}/master.m3u8", 4.5, 12.0, quality="audio_only"), tmp_path, options)
+    assert result.quality_used == "audio_only"
+    assert result.width is None
+    assert result.actual_start_time == pytest.approx(4.5, abs=0.03)
+    assert result.actual_end_time == pytest.approx(12.0, abs=0.03)
