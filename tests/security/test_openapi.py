@@ -55,7 +55,7 @@ def test_document_lists_every_api_route_with_its_methods(api_service):
 
 
 def test_document_states_the_deployments_limits(service_factory):
-    service = service_factory(MAX_CLIP_SECONDS="30", MAX_VOD_SECONDS="7200", API_TOKENS="t")
+    service = service_factory(MAX_CLIP_SECONDS="30", MAX_VOD_SECONDS="7200", API_TOKENS="t", RATE_LIMIT="60/minute")
     document = service.client.get("/api/v1/openapi.json").get_json()
     request_schema = document["components"]["schemas"]["ClipRequest"]
     assert request_schema["properties"]["end_time"]["maximum"] == 7200
