@@ -32,6 +32,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if parts.path == "/switch":
+            # The first request gets real content (self.server.payload), later ones a redirect:
+            # a source that passes a check, then sends the next reader elsewhere.
+            with self.server.lock:
+                first = self.server.switch_hits == 0
+                self.server.switch_hits += 1
+            if first or not parse_qs(parts.query).get("to"):
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Content-Length", str(len(self.server.payload)))
+                self.end_headers()
+                self.wfile.write(self.server.payload)
+                return
+            self.send_response(302)
+            self.send_header("Location", parse_qs(parts.query)["to"][0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if parts.path == "/loop":
             self.send_response(301)
             self.send_header("Location", "/loop")
@@ -56,12 +74,15 @@ class _Server(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.connections = 0
         self.requests: list[tuple[str, str | None]] = []
+        self.payload = b""
+        self.switch_hits = 0
 
 
 class CountingServer:
     """Serves on ``host:port``; ``requests`` lists (path, Host header) of every request, ``connections`` counts accepts.
 
     ``/redirect?to=URL`` answers 302 to URL, ``/loop`` redirects to itself,
+    ``/switch?to=URL`` answers ``payload`` once, then 302 to URL,
     anything else answers 200 naming the server.
     """
 
@@ -82,6 +103,14 @@ class CountingServer:
     def requests(self) -> list[tuple[str, str | None]]:
         with self._server.lock:
             return list(self._server.requests)
+
+    @property
+    def payload(self) -> bytes:
+        return self._server.payload
+
+    @payload.setter
+    def payload(self, data: bytes) -> None:
+        self._server.payload = data
 
     @property
     def connections(self) -> int:

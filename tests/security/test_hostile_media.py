@@ -170,3 +170,23 @@ def test_source_that_stalls_mid_segment_fails_within_the_timeout_and_leaves_no_f
     assert _ffmpeg_children() == []
     assert not (tmp_path / "extract-tmp").exists()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.xfail(strict=True, reason="ffmpeg/ffprobe read progressive URLs themselves: their own DNS lookup and "
+                                       "unchecked redirects (see the security report for the fix)")
+def test_progressive_source_cannot_redirect_ffmpeg_after_the_check(tmp_path):
+    from clipqueue.sample.vod import generate_progressive_mp4
+    from tests.security.servers import CountingServer
+
+    mp4 = tmp_path / "source.mp4"
+    generate_progressive_mp4(mp4, duration=6)
+    # The origin (127.0.0.2) is the one address the policy admits; 127.0.0.1 stands for an internal service.
+    policy = SourcePolicy(allowed_networks=("127.0.0.2/32",))
+    with CountingServer("127.0.0.1", name="internal") as internal, \
+            CountingServer("127.0.0.2", name="origin") as origin:
+        origin.payload = mp4.read_bytes()
+        url = f"{origin.url}/switch?to=http://127.0.0.1:{internal.port}/admin"
+        with pytest.raises(ClipqueueError):
+            extract_clip(ClipRequest(url, 1, 3, mode="copy"), tmp_path / "work",
+                         _options(policy=policy))
+        assert internal.connections == 0
