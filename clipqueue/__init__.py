@@ -41,6 +41,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     """Build the Flask app from the environment (or from ``env``, for tests)."""
     from clipqueue.api import bp, register_error_handlers
     from clipqueue.celery_app import celery_init_app
+    from clipqueue.metrics import metrics_bp
     from clipqueue.models import db
     from clipqueue.openapi import openapi_bp
     from clipqueue.ratelimit import init_rate_limits
@@ -65,6 +66,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
 
     app.register_blueprint(bp)
     app.register_blueprint(openapi_bp)
+    app.register_blueprint(metrics_bp)
     init_rate_limits(app, settings)
     register_error_handlers(app)
 

@@ -89,6 +89,7 @@ class Settings:
     janitor_interval_seconds: float
     max_redeliveries: int
     processing_deadline_seconds: float
+    metrics_token: str
     outbox_sweep_seconds: float
     outbox_grace_seconds: float
     fetch_concurrency: int
@@ -157,6 +158,7 @@ class Settings:
             janitor_interval_seconds=get("JANITOR_INTERVAL_SECONDS", float),
             max_redeliveries=get("MAX_REDELIVERIES", int),
             processing_deadline_seconds=get("PROCESSING_DEADLINE_SECONDS", float),
+            metrics_token=env.get("METRICS_TOKEN", defaults.METRICS_TOKEN),
             outbox_sweep_seconds=get("OUTBOX_SWEEP_SECONDS", float),
             outbox_grace_seconds=get("OUTBOX_GRACE_SECONDS", float),
             fetch_concurrency=get("FETCH_CONCURRENCY", int),

@@ -44,6 +44,9 @@ JANITOR_INTERVAL_SECONDS = 15.0
 MAX_REDELIVERIES = 3
 PROCESSING_DEADLINE_SECONDS = 3600.0
 
+# /metrics: with a token, bearer auth; without, loopback clients only.
+METRICS_TOKEN = ""
+
 # Outbox: clips whose job could not be queued (Redis down) are queued by beat.
 OUTBOX_SWEEP_SECONDS = 10.0
 OUTBOX_GRACE_SECONDS = 5.0

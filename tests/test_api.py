@@ -7,7 +7,7 @@ import json
 import pytest
 import redis
 
-from clipqueue.keys import JOB_QUEUE, job_key
+from clipqueue.keys import CONTROL_QUEUE, JOB_QUEUE, job_key
 
 GOOD = {"vod_url": "http://127.0.0.1:9/hls/master.m3u8", "start_time": 10.0, "end_time": 25.0}
 
@@ -139,6 +139,7 @@ def test_create_records_clip_and_queues_one_job_with_metadata(api):
     ttl = client.ttl(job_key(clip["clip_id"]))
     assert 7 * 24 * 3600 - 60 < ttl <= 7 * 24 * 3600
     assert client.llen(JOB_QUEUE) == 1
+    assert client.llen(CONTROL_QUEUE) == 0  # the finalizing step is sent only when extraction ends
 
 
 def test_queue_reports_pending_jobs_from_the_real_queue(api):
