@@ -48,6 +48,12 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
 
     settings = Settings.from_env(env)
     app = Flask(__name__)
+    if settings.trusted_proxy_hops:
+        # Behind a load balancer, rate limits and /metrics must see the client, not the proxy.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.config.update(
         CLIPQUEUE=settings,
         SQLALCHEMY_DATABASE_URI=settings.database_url,

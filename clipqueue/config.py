@@ -90,6 +90,7 @@ class Settings:
     max_redeliveries: int
     processing_deadline_seconds: float
     metrics_token: str
+    trusted_proxy_hops: int
     outbox_sweep_seconds: float
     outbox_grace_seconds: float
     fetch_concurrency: int
@@ -159,6 +160,7 @@ class Settings:
             max_redeliveries=get("MAX_REDELIVERIES", int),
             processing_deadline_seconds=get("PROCESSING_DEADLINE_SECONDS", float),
             metrics_token=env.get("METRICS_TOKEN", defaults.METRICS_TOKEN),
+            trusted_proxy_hops=get("TRUSTED_PROXY_HOPS", int),
             outbox_sweep_seconds=get("OUTBOX_SWEEP_SECONDS", float),
             outbox_grace_seconds=get("OUTBOX_GRACE_SECONDS", float),
             fetch_concurrency=get("FETCH_CONCURRENCY", int),

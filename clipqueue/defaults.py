@@ -44,6 +44,9 @@ JANITOR_INTERVAL_SECONDS = 15.0
 MAX_REDELIVERIES = 3
 PROCESSING_DEADLINE_SECONDS = 3600.0
 
+# How many reverse proxies in front of web set X-Forwarded-For (0: none, trust no header).
+TRUSTED_PROXY_HOPS = 0
+
 # /metrics: with a token, bearer auth; without, loopback clients only.
 METRICS_TOKEN = ""
 

@@ -190,7 +190,7 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store) -> S
 
 def extract_options(settings: Settings) -> ExtractOptions:
     return ExtractOptions(
-        policy=SourcePolicy(settings.allow_private_sources, settings.allowed_source_hosts),
+        policy=SourcePolicy.from_settings(settings),
         fetch_concurrency=settings.fetch_concurrency,
         fetch_retries=settings.fetch_retries,
         fetch_timeout=settings.fetch_timeout_seconds,

@@ -28,7 +28,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from clipqueue.exceptions import ForbiddenSource
+from clipqueue.exceptions import ForbiddenSource, SourceUnavailable
 
 ALLOWED_SCHEMES = ("http", "https")
 MAX_REDIRECTS = 5
@@ -267,7 +267,12 @@ def resolve_host(host: str, port: int) -> list[str]:
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            # The resolver is failing for now: worth a retry, not a failed clip.
+            raise SourceUnavailable(f"DNS lookup of {host!r} failed for now: {exc}") from exc
+        raise ForbiddenSource(f"forbidden source: host {host!r} does not resolve: {exc}") from exc
+    except UnicodeError as exc:
         raise ForbiddenSource(f"forbidden source: host {host!r} does not resolve: {exc}") from exc
     return list(dict.fromkeys(info[4][0] for info in infos))
 

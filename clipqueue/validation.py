@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from clipqueue import defaults
 from clipqueue.config import Settings
-from clipqueue.exceptions import ForbiddenSource, ValidationError
+from clipqueue.exceptions import ForbiddenSource, SourceUnavailable, ValidationError
 from clipqueue.urlpolicy import SourcePolicy, check_url
 
 QUALITIES = ("source", "1080p", "720p", "480p", "360p", "160p", "audio_only", "auto")
@@ -62,13 +62,20 @@ def _vod_url(data: dict[str, Any], settings: Settings) -> str:
         raise ValidationError(f"vod_url is longer than {defaults.MAX_URL_LENGTH} characters", "vod_url")
     if any(ch.isspace() or ord(ch) < 32 for ch in value):
         raise ValidationError("vod_url must not contain spaces or control characters", "vod_url")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsing the port is what raises for "http://host:x"
+    except ValueError as exc:
+        raise ValidationError("vod_url is not a valid URL", "vod_url") from exc
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ValidationError("vod_url must be an http(s) URL with a host", "vod_url")
     try:
-        check_url(value, SourcePolicy(settings.allow_private_sources, settings.allowed_source_hosts))
+        check_url(value, SourcePolicy.from_settings(settings))
     except ForbiddenSource as exc:
         raise ValidationError(str(exc), "vod_url", "forbidden_source") from exc
+    except SourceUnavailable:
+        # DNS is failing for now: the worker checks the URL again before any fetch.
+        pass
     return value
 
 
