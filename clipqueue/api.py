@@ -151,6 +151,29 @@ def replay_dead_letter(clip_id: str):
     return jsonify({"clip_id": clip_id, "replayed": replayed, "status": clip.status}), 202 if replayed else 200
 
 
+@bp.get("/dead-letter/<uuid:clip_id>")
+def show_dead_letter(clip_id: uuid.UUID):
+    """One dead-lettered job, with its payload, error and traceback."""
+    entry = deadletter.get_entry(str(clip_id))
+    if entry is None:
+        return error_response(404, "not_found", f"clip {str(clip_id)!r} is not in the dead-letter queue", "clip_id")
+    return jsonify(entry)
+
+
+@bp.post("/dead-letter/replay")
+def replay_all_dead_letters():
+    """Queue every dead-lettered job again."""
+    clip_ids = [entry["clip_id"] for entry in deadletter.list_entries()]
+    replayed = [clip_id for clip_id in clip_ids if deadletter.replay(clip_id)]
+    return jsonify({"replayed": replayed, "count": len(replayed)}), 202 if replayed else 200
+
+
+@bp.delete("/dead-letter")
+def purge_dead_letters():
+    """Drop every dead-lettered job; their clips stay failed."""
+    return jsonify({"purged": deadletter.purge()})
+
+
 def register_error_handlers(app) -> None:
     """Every HTTP error under ``/api/`` is JSON, never an HTML page."""
 

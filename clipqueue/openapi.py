@@ -163,22 +163,33 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "required": ["count", "jobs"],
             "properties": {
                 "count": {"type": "integer", "minimum": 0},
-                "jobs": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["clip_id", "error", "attempts"],
-                        "properties": {
-                            "clip_id": {"type": "string"},
-                            "payload": {"type": "object"},
-                            "error": {"type": "string"},
-                            "traceback": {"type": "string"},
-                            "attempts": {"type": "integer"},
-                            "failed_at": {"type": "string"},
-                        },
-                    },
-                },
+                "jobs": {"type": "array", "items": _ref("DeadLetter")},
             },
+        },
+        "DeadLetter": {
+            "type": "object",
+            "required": ["clip_id", "error", "attempts"],
+            "properties": {
+                "clip_id": {"type": "string"},
+                "payload": {"type": "object"},
+                "error": {"type": "string"},
+                "traceback": {"type": "string"},
+                "attempts": {"type": "integer"},
+                "failed_at": {"type": "string"},
+            },
+        },
+        "ReplayAll": {
+            "type": "object",
+            "required": ["replayed", "count"],
+            "properties": {
+                "replayed": {"type": "array", "items": {"type": "string"}},
+                "count": {"type": "integer", "minimum": 0},
+            },
+        },
+        "Purged": {
+            "type": "object",
+            "required": ["purged"],
+            "properties": {"purged": {"type": "integer", "minimum": 0}},
         },
         "Replay": {
             "type": "object",
@@ -256,6 +267,17 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 },
             },
             "/api/v1/dead-letter": {
+                "delete": {
+                    "operationId": "purgeDeadLetters",
+                    "summary": "Drop every dead-lettered job (their clips stay failed)",
+                    "security": write_security,
+                    "responses": {
+                        "200": _ok("how many were dropped", "Purged"),
+                        **auth_errors,
+                        "413": _error(f"the body is larger than {settings.max_request_bytes} bytes"),
+                        **redis_down, **write_limited,
+                    },
+                },
                 "get": {
                     "operationId": "listDeadLetters",
                     "parameters": [{
@@ -266,6 +288,31 @@ def build_document(settings: Settings) -> dict[str, Any]:
                         "200": _ok("jobs that failed for good, oldest first", "DeadLetters"),
                         "400": _error("limit is not 1 to 1000"),
                         **redis_down, **read_limited,
+                    },
+                },
+            },
+            "/api/v1/dead-letter/{clip_id}": {
+                "get": {
+                    "operationId": "showDeadLetter",
+                    "parameters": [{**CLIP_ID, "schema": {"type": "string", "format": "uuid"}}],
+                    "responses": {
+                        "200": _ok("the dead-lettered job, with its traceback", "DeadLetter"),
+                        "404": _error("the clip is not in the dead-letter queue"),
+                        **redis_down, **read_limited,
+                    },
+                },
+            },
+            "/api/v1/dead-letter/replay": {
+                "post": {
+                    "operationId": "replayAllDeadLetters",
+                    "summary": "Queue every dead-lettered job again",
+                    "security": write_security,
+                    "responses": {
+                        "202": _ok("the clips queued again", "ReplayAll"),
+                        "200": _ok("nothing was dead-lettered", "ReplayAll"),
+                        **auth_errors,
+                        "413": _error(f"the body is larger than {settings.max_request_bytes} bytes"),
+                        **redis_down, **write_limited,
                     },
                 },
             },

@@ -285,3 +285,53 @@ def test_database_connection_dropped_before_finalize_is_retried_and_finalized_on
     finally:
         set_connections(True)
         admin.close()
+
+
+def _cli(service, *args: str) -> str:
+    import subprocess
+    import sys
+
+    from tests.services import REPO
+
+    result = subprocess.run([sys.executable, "-m", "clipqueue", "dead-letter", *args],
+                            env={**os.environ, **service.env}, cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_operator_inspects_replays_all_and_purges_dead_letters(service_factory, vod_dir):
+    import json
+    import uuid
+
+    server = serve_directory(vod_dir, not_found={"/hls/master.m3u8"})
+    url = f"{server.url}/hls/master.m3u8"
+    try:
+        service = service_factory()
+        service.start_worker()
+        clip_ids = [service.create_clip(vod_url=url, start_time=s, end_time=s + 3).get_json()["clip_id"]
+                    for s in (1, 20)]
+        assert [service.wait_for_clip(c)["status"] for c in clip_ids] == ["failed", "failed"]
+
+        shown = service.client.get(f"/api/v1/dead-letter/{clip_ids[0]}").get_json()
+        assert shown["clip_id"] == clip_ids[0] and "404" in shown["error"] and shown["traceback"]
+        assert service.client.get(f"/api/v1/dead-letter/{uuid.uuid4()}").status_code == 404
+        listed = [json.loads(line)["clip_id"] for line in _cli(service, "list").splitlines()]
+        assert listed == clip_ids
+        assert json.loads(_cli(service, "show", clip_ids[1]))["traceback"]
+
+        server.behaviour.not_found.clear()  # the source is fixed
+        replayed = service.client.post("/api/v1/dead-letter/replay")
+        assert replayed.status_code == 202 and sorted(replayed.get_json()["replayed"]) == sorted(clip_ids)
+        assert [service.wait_for_clip(c)["status"] for c in clip_ids] == ["ready", "ready"]
+        assert service.client.post("/api/v1/dead-letter/replay").get_json()["count"] == 0
+
+        server.behaviour.not_found.add("/hls/master.m3u8")
+        doomed = service.create_clip(vod_url=url, start_time=5, end_time=8).get_json()["clip_id"]
+        assert service.wait_for_clip(doomed)["status"] == "failed"
+        assert _cli(service, "purge", "--yes").strip() == "purged 1 job(s)"
+        assert service.client.get("/api/v1/queue").get_json()["dead_letter"] == 0
+        assert service.clip(doomed)["status"] == "failed"
+        assert service.client.delete("/api/v1/dead-letter").get_json() == {"purged": 0}
+    finally:
+        server.stop()

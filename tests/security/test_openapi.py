@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -40,7 +42,8 @@ def test_api_answers_as_its_openapi_document_says(case):
 
 
 def _flask_path(rule: str) -> str:
-    return rule.replace("<", "{").replace(">", "}")
+    """``/x/<uuid:clip_id>`` as OpenAPI writes it: ``/x/{clip_id}``."""
+    return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule)
 
 
 def test_document_lists_every_api_route_with_its_methods(api_service):
