@@ -255,7 +255,8 @@ def _select_copy(source: Path, out: Path, stream: str, low: float, high: float) 
     """Copy the packets of ``stream`` ("v" or "a") with file time in ``[low, high]`` to MPEG-TS ``out``."""
     drop = f"noise=drop='not(between(pts*tb\\,{low:.6f}\\,{high:.6f}))'"
     run_ffmpeg(_ffmpeg("-copyts", "-i", str(source), "-map", f"0:{stream}:0", "-c", "copy",
-                       f"-bsf:{stream}", drop, "-f", "mpegts", str(out)), what="selecting packets")
+                       f"-bsf:{stream}", drop, "-muxdelay", "0", "-muxpreload", "0", "-f", "mpegts", str(out)),
+               what="selecting packets")
 
 
 def _audio_range(streams: Streams, low: float, high: float) -> tuple[float, float]:
@@ -397,14 +398,21 @@ def _bitrate(streams: Streams, path: Path, timeline: Timeline) -> int:
 
 def _encode_frames(source: Path, streams: Streams, timeline: Timeline, first: int, last: int,
                    encoder: list[str], out: Path) -> None:
-    """Decode from the keyframe before display index ``first`` and encode frames ``first..last`` to MPEG-TS."""
-    keys = [timeline.pts.index(p.pts) for p in streams.video if p.key]
+    """Encode display frames ``first..last`` to MPEG-TS.
+
+    Only the GOPs holding them are decoded: their packets are copied out by
+    timestamp first, which is exact and far cheaper than seeking in MPEG-TS.
+    """
+    keys = sorted(timeline.pts.index(p.pts) for p in streams.video if p.key)
     decode_from = max((k for k in keys if k <= first), default=0)
+    decode_to = min((k for k in keys if k > last), default=None)
+    gops = out.with_suffix(".gops.ts")
+    upper = timeline.pts[decode_to] - 1e-4 if decode_to is not None else timeline.pts[-1] + 1e-4
+    _select_copy(source, gops, "v", timeline.pts[decode_from] - 1e-4, upper)
     low = timeline.pts[first] - timeline.frame / 2
     high = timeline.pts[last] + timeline.frame / 2
-    args = _ffmpeg("-copyts", "-seek_timestamp", "1", "-noaccurate_seek",
-                   "-ss", f"{timeline.pts[decode_from] + 1e-4:.6f}", "-i", str(source), "-map", "0:v:0",
-                   "-vf", f"select='between(t\\,{low:.6f}\\,{high:.6f})'", "-fps_mode", "passthrough",
+    args = _ffmpeg("-copyts", "-i", str(gops), "-map", "0:v:0",
+                   "-vf", f"select='between(pts*TB\\,{low:.6f}\\,{high:.6f})'", "-fps_mode", "passthrough",
                    *encoder, "-f", "mpegts", str(out))
     run_ffmpeg(args, what="re-encoding frames")
 
