@@ -177,5 +177,11 @@ class Settings:
             source_max_redirects=get("SOURCE_MAX_REDIRECTS", int),
         )
 
+    def __post_init__(self) -> None:
+        if self.job_soft_time_limit_seconds > self.job_hard_time_limit_seconds:
+            raise ValueError("JOB_SOFT_TIME_LIMIT_SECONDS must not be more than JOB_HARD_TIME_LIMIT_SECONDS")
+        if self.min_clip_seconds <= 0 or self.max_clip_seconds < self.min_clip_seconds:
+            raise ValueError("need 0 < MIN_CLIP_SECONDS <= MAX_CLIP_SECONDS")
+
     def as_dict(self) -> dict:
         return asdict(self)

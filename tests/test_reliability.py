@@ -192,9 +192,11 @@ def _start_clips(service, url: str, count: int) -> list[str]:
 
 
 @pytest.mark.parametrize("appendonly", [True, False], ids=["aof", "no-persistence"])
-def test_redis_restart_with_jobs_queued_and_running_loses_none(service_factory, slow_vod, tmp_path, appendonly):
+def test_redis_restart_with_jobs_queued_and_running_loses_none(service_factory, vod_dir, tmp_path, appendonly):
     private = RedisServer(tmp_path / "redis", appendonly=appendonly)
     private.start()
+    server = serve_directory(vod_dir, connection_bandwidth=400_000)
+    slow_vod = f"{server.url}/hls/master.m3u8"
     try:
         service = service_factory(storage="s3", redis=private.url(0), **FAST_RECOVERY)
         service.start_worker("w1")
@@ -214,6 +216,7 @@ def test_redis_restart_with_jobs_queued_and_running_loses_none(service_factory, 
             assert finalized_times(service, clip_id) == 1
     finally:
         private.stop()
+        server.stop()
 
 
 def test_soak_jobs_with_workers_killed_at_random(service_factory, master_url):
@@ -335,3 +338,56 @@ def test_operator_inspects_replays_all_and_purges_dead_letters(service_factory, 
         assert service.client.delete("/api/v1/dead-letter").get_json() == {"purged": 0}
     finally:
         server.stop()
+
+
+def _ffmpeg_processes_using(folder) -> list[str]:
+    import subprocess
+
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if "ffmpeg" in line and str(folder) in line]
+
+
+def test_soft_time_limit_fails_the_job_and_leaves_no_ffmpeg_or_files(service_factory, vod_dir, tmp_path):
+    server = serve_directory(vod_dir, connection_bandwidth=40_000)
+    scratch = tmp_path / "scratch-limited"
+    scratch.mkdir()
+    try:
+        service = service_factory(JOB_SOFT_TIME_LIMIT_SECONDS="2", JOB_HARD_TIME_LIMIT_SECONDS="30",
+                                  SCRATCH_DIR=str(scratch))
+        service.start_worker()
+        clip_id = service.create_clip(vod_url=f"{server.url}/hls/master.m3u8", start_time=5,
+                                      end_time=25).get_json()["clip_id"]
+        clip = service.wait_for_clip(clip_id, timeout=60)
+        assert clip["status"] == "failed" and "time limit" in clip["error"]
+        assert service.job(clip_id)["status"] == "failed"
+        wait_until(lambda: not _ffmpeg_processes_using(scratch) and not list(scratch.iterdir()), 30,
+                   what="ffmpeg and scratch files to be gone")
+    finally:
+        server.stop()
+
+
+def _pool_children(worker) -> list[int]:
+    import subprocess
+
+    out = subprocess.run(["ps", "--ppid", str(worker.process.pid), "-o", "pid="], capture_output=True, text=True)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+def test_job_that_keeps_killing_its_worker_is_dead_lettered_after_the_cap(service_factory, slow_vod):
+    # JOB_MAX_RETRIES=0 and MAX_REDELIVERIES=1: a job may start twice, the third start gives up.
+    service = service_factory(JOB_MAX_RETRIES="0", MAX_REDELIVERIES="1", **FAST_RECOVERY)
+    worker = service.start_worker()
+    clip_id = service.create_clip(vod_url=slow_vod, start_time=12.4, end_time=27.4).get_json()["clip_id"]
+    for start in (1, 2):
+        wait_until(lambda: (job := service.job(clip_id)).get("status") == "running"
+                   and job.get("deliveries") == start, 60, interval=0.1, what=f"start {start}")
+        # The pool process dies mid-job, as it would if ffmpeg's parent crashed.
+        for pid in _pool_children(worker):
+            os.kill(pid, signal.SIGKILL)
+
+    clip = service.wait_for_clip(clip_id, timeout=90)
+    assert clip["status"] == "failed" and "giving up" in clip["error"], clip
+    job = service.job(clip_id)
+    assert job["status"] == "failed" and job["deliveries"] == 3
+    letters = service.client.get("/api/v1/dead-letter").get_json()["jobs"]
+    assert [entry["clip_id"] for entry in letters] == [clip_id]
