@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import uuid
 
@@ -11,6 +10,7 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from clipqueue import deadletter
+from clipqueue.auth import presented_token, token_is_valid
 from clipqueue.exceptions import ValidationError
 from clipqueue.jobs import job_logger, job_store
 from clipqueue.models import Clip, db
@@ -34,14 +34,10 @@ def require_token():
     tokens = current_app.config["CLIPQUEUE"].api_tokens
     if not tokens or request.method in SAFE_METHODS:
         return None
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
+    token = presented_token()
+    if token is None:
         return error_response(401, "unauthorized", "this call needs Authorization: Bearer <token>")
-    presented = presented.strip().encode()
-    # Compare against every token, in constant time, so timing reveals nothing.
-    matches = [hmac.compare_digest(presented, token.encode()) for token in tokens]
-    if not any(matches):
+    if not token_is_valid(token, tokens):
         return error_response(403, "forbidden", "the bearer token is not valid")
     return None
 

@@ -9,7 +9,6 @@ not open to the world: with ``METRICS_TOKEN`` set it needs
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 
 import redis
@@ -19,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 
 from clipqueue.api import error_response
+from clipqueue.auth import presented_token, token_is_valid
 from clipqueue.keys import CONTROL_QUEUE, DEAD_LETTER_QUEUE, JOB_QUEUE
 from clipqueue.models import CLIP_STATUSES, Clip, db
 
@@ -81,8 +81,7 @@ class ClipqueueCollector:
 def _allowed() -> bool:
     token = current_app.config["CLIPQUEUE"].metrics_token
     if token:
-        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
+        return token_is_valid(presented_token(), [token])
     try:
         return ipaddress.ip_address(request.remote_addr or "").is_loopback
     except ValueError:

@@ -10,12 +10,12 @@ when Redis is back).
 from __future__ import annotations
 
 import hashlib
-import hmac
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
 
 from clipqueue.api import bp, error_response
+from clipqueue.auth import presented_token, token_is_valid
 from clipqueue.config import Settings
 
 KEY_PREFIX = "clipqueue-ratelimit"
@@ -31,12 +31,9 @@ def client_key() -> str:
     fresh limits; the token itself never reaches Redis, only a digest of it.
     """
     settings: Settings = current_app.config["CLIPQUEUE"]
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    presented = presented.strip()
-    if scheme.lower() == "bearer" and presented and settings.api_tokens:
-        matches = [hmac.compare_digest(presented.encode(), token.encode()) for token in settings.api_tokens]
-        if any(matches):
-            return "token:" + hashlib.sha256(presented.encode()).hexdigest()[:32]
+    token = presented_token()
+    if token_is_valid(token, settings.api_tokens):
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
     return f"address:{request.remote_addr or 'unknown'}"
 
 

@@ -94,16 +94,19 @@ class ClipJobTask(AppContextTask):
             deadletter.fail_job(clip_id, describe_error(exc), str(einfo), self.request.retries + 1)
 
 
-@shared_task(
-    bind=True,
-    base=ClipJobTask,
-    name=PROCESS_TASK,
-    autoretry_for=RETRYABLE,
-    max_retries=_RETRY.job_max_retries,
-    retry_backoff=_RETRY.job_retry_backoff_seconds,
-    retry_backoff_max=_RETRY.job_retry_backoff_max_seconds,
-    retry_jitter=True,
-)
+# Both steps of a job retry alike: transient errors, exponential backoff with full jitter.
+JOB_TASK_OPTIONS = {
+    "bind": True,
+    "base": ClipJobTask,
+    "autoretry_for": RETRYABLE,
+    "max_retries": _RETRY.job_max_retries,
+    "retry_backoff": _RETRY.job_retry_backoff_seconds,
+    "retry_backoff_max": _RETRY.job_retry_backoff_max_seconds,
+    "retry_jitter": True,
+}
+
+
+@shared_task(name=PROCESS_TASK, **JOB_TASK_OPTIONS)
 def process_clip(self, clip_id: str) -> StoredClip | None:
     """Fetch the range, cut it, make the thumbnail and upload both.
 
@@ -202,16 +205,7 @@ def extract_options(settings: Settings) -> ExtractOptions:
     )
 
 
-@shared_task(
-    bind=True,
-    base=ClipJobTask,
-    name=FINALIZE_TASK,
-    autoretry_for=RETRYABLE,
-    max_retries=_RETRY.job_max_retries,
-    retry_backoff=_RETRY.job_retry_backoff_seconds,
-    retry_backoff_max=_RETRY.job_retry_backoff_max_seconds,
-    retry_jitter=True,
-)
+@shared_task(name=FINALIZE_TASK, **JOB_TASK_OPTIONS)
 def finalize_clip(self, stored: StoredClip | None, clip_id: str) -> None:
     """Mark the clip ``ready`` with its URLs, once, and the job ``completed``."""
     if stored is None:
