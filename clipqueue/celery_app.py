@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 from flask import Flask
 
 from clipqueue.config import Settings
+from clipqueue.jobs import ClipIdLogFilter, current_clip_id
 from clipqueue.queue import JANITOR_TASK, SWEEP_OUTBOX_TASK
 
 
@@ -19,8 +20,12 @@ class AppContextTask(Task):
         return self.app.flask_app.app_context()
 
     def __call__(self, *args, **kwargs):
-        with self.flask_context():
-            return super().__call__(*args, **kwargs)
+        token = current_clip_id.set(kwargs.get("clip_id"))
+        try:
+            with self.flask_context():
+                return super().__call__(*args, **kwargs)
+        finally:
+            current_clip_id.reset(token)
 
 
 def celery_init_app(app: Flask, settings: Settings) -> Celery:
@@ -63,3 +68,12 @@ def _fresh_connections_after_fork(**_kwargs) -> None:
 
     with flask_app.app_context():
         db.engine.dispose(close=False)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _tag_log_lines_with_clip_id(logger, **_kwargs) -> None:
+    """Every line a job logs, from any module or library, names its clip."""
+    for handler in logger.handlers:
+        if not any(isinstance(f, ClipIdLogFilter) for f in handler.filters):
+            handler.addFilter(ClipIdLogFilter())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,6 +41,20 @@ def worker_name() -> str:
 def get_redis() -> redis.Redis:
     """The Redis client of the current Flask app."""
     return current_app.extensions["clipqueue.redis"]
+
+
+# The clip whose job this process is running, for log lines from code that does not know it.
+current_clip_id: ContextVar[str | None] = ContextVar("current_clip_id", default=None)
+
+
+class ClipIdLogFilter(logging.Filter):
+    """Prefix every log line written while a job runs with its clip id."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        clip_id = current_clip_id.get()
+        if clip_id and not str(record.msg).startswith("[clip_id="):
+            record.msg = f"[clip_id={clip_id}] {record.msg}"
+        return True
 
 
 def job_logger(logger: logging.Logger, clip_id: str) -> logging.LoggerAdapter:
