@@ -180,6 +180,17 @@ def report(name: str, outcomes: dict[str, Outcome], start: float, end: float, ne
               f"{'yes' if exact and accurate.stored == accurate.shown else 'NO'} |")
 
 
+def ensure_vod(vod_dir: Path, duration: float, start: float, end: float) -> None:
+    """Generate the benchmark VOD once; later runs (and bench.service) reuse it."""
+    marker = vod_dir / ".complete"
+    if marker.exists():
+        return
+    print(f"generating the {duration:.0f} s benchmark VOD in {vod_dir} (once)...", file=sys.stderr)
+    shutil.rmtree(vod_dir, ignore_errors=True)
+    generate_long_hls_vod(vod_dir, duration=duration, unique=(start - 20, end + 20))
+    marker.write_text("ok\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.extract", description=__doc__)
     parser.add_argument("--vod-dir", type=Path, default=Path(tempfile.gettempdir()) / "clipqueue-bench-vod")
@@ -191,12 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", choices=list(PROFILES), action="append")
     args = parser.parse_args(argv)
 
-    marker = args.vod_dir / ".complete"
-    if not marker.exists():
-        print(f"generating the {args.duration:.0f} s benchmark VOD in {args.vod_dir} (once)...", file=sys.stderr)
-        shutil.rmtree(args.vod_dir, ignore_errors=True)
-        generate_long_hls_vod(args.vod_dir, duration=args.duration, unique=(args.start - 20, args.end + 20))
-        marker.write_text("ok\n")
+    ensure_vod(args.vod_dir, args.duration, args.start, args.end)
     needed = overlapping_bytes(args.vod_dir, args.quality, args.start, args.end)
     for name in args.profile or list(PROFILES):
         outcomes = run_profile(args.vod_dir, name, PROFILES[name], args.start, args.end, args.quality, args.runs)

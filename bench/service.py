@@ -1,0 +1,111 @@
+"""End to end: POST to ready for an accurate 30 s clip, against the seed's bare command.
+
+Run: ``python -m bench.service`` (see bench/README.md). The whole service runs
+for real: a private redis-server, a ``celery worker`` process, SQLite, local
+storage and the Flask app; the VOD is the extraction benchmark's, behind the
+same CDN-like loopback server. Each round times the seed's
+``ffmpeg -ss -to -i URL -c copy`` and then one clip through the service (POST,
+queue, fetch, smart cut, thumbnail, upload, finalize, seen ``ready`` by
+polling GET), interleaved, and prints medians and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.extract import PROFILES, ensure_vod, tools
+from clipqueue.sample.server import serve_directory
+from tests.services import RedisServer, WorkerProcess
+
+POLL_SECONDS = 0.01
+
+
+def start_service(workdir: Path) -> tuple[object, list]:
+    """A private deployment: Redis, migrations, one worker, and the app's test client."""
+    from flask_migrate import upgrade
+
+    from clipqueue import MIGRATIONS_DIR, create_app
+
+    redis_server = RedisServer(workdir / "redis")
+    redis_server.start()
+    env = {
+        "REDIS_URL": redis_server.url(0),
+        "DATABASE_URL": f"sqlite:///{workdir / 'clipqueue.db'}",
+        "STORAGE_LOCAL_DIR": str(workdir / "media"),
+        "SCRATCH_DIR": str(workdir),
+        "ALLOW_PRIVATE_SOURCES": "true",
+        "RATE_LIMIT": "0",
+        "RATE_LIMIT_READS": "0",
+    }
+    app = create_app(env)
+    with app.app_context():
+        upgrade(directory=MIGRATIONS_DIR)
+    worker = WorkerProcess(env, "bench", workdir).start()
+    return app.test_client(), [worker, redis_server]
+
+
+def clip_through_service(client, master: str, start: float, end: float, quality: str) -> float:
+    """Seconds from POST to the clip being ``ready``."""
+    began = time.perf_counter()
+    response = client.post("/api/v1/clips", json={"vod_url": master, "start_time": start, "end_time": end,
+                                                  "quality": quality, "mode": "accurate"})
+    assert response.status_code == 201, response.get_json()
+    clip_id = response.get_json()["clip_id"]
+    deadline = began + 300
+    while time.perf_counter() < deadline:
+        clip = client.get(f"/api/v1/clips/{clip_id}").get_json()
+        if clip["status"] != "processing":
+            assert clip["status"] == "ready", clip
+            return time.perf_counter() - began
+        time.sleep(POLL_SECONDS)
+    raise TimeoutError(f"clip {clip_id} not ready after 300 s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__)
+    parser.add_argument("--vod-dir", type=Path, default=Path(tempfile.gettempdir()) / "clipqueue-bench-vod")
+    parser.add_argument("--start", type=float, default=1815.4)
+    parser.add_argument("--end", type=float, default=1845.4)
+    parser.add_argument("--quality", default="1080p")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--profile", choices=list(PROFILES), action="append")
+    args = parser.parse_args(argv)
+    ensure_vod(args.vod_dir, 3600, args.start, args.end)
+
+    with tempfile.TemporaryDirectory(prefix="clipqueue-bench-service-") as tmp:
+        client, processes = start_service(Path(tmp))
+        try:
+            for name in args.profile or list(PROFILES):
+                server = serve_directory(args.vod_dir, **PROFILES[name])
+                master = f"{server.url}/master.m3u8"
+                media = f"{server.url}/{args.quality}/index.m3u8"
+                seed = tools(master, media, args.start, args.end, args.quality)["seed ffmpeg -c copy"]
+                clip_through_service(client, master, args.start, args.end, args.quality)  # warm-up
+                seed_times, service_times = [], []
+                for _ in range(args.runs):
+                    with tempfile.TemporaryDirectory() as out:
+                        began = time.perf_counter()
+                        seed(Path(out))
+                        seed_times.append(time.perf_counter() - began)
+                    service_times.append(clip_through_service(client, master, args.start, args.end, args.quality))
+                server.stop()
+                seed_median = statistics.median(seed_times)
+                service_median = statistics.median(service_times)
+                print(f"\n{name}: {args.end - args.start:g} s accurate clip at {args.quality}, {args.runs} rounds")
+                print(f"  {'seed ffmpeg -c copy (bare command)':<44} median {seed_median:6.2f} s")
+                print(f"  {'clipqueue POST -> ready (thumbnail, upload)':<44} median {service_median:6.2f} s")
+                verdict = "met" if service_median <= seed_median else "NOT met"
+                print(f"  service / seed = {service_median / seed_median:.2f}  (target <= 1.00: {verdict})")
+        finally:
+            for process in processes:
+                process.stop()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
