@@ -24,14 +24,14 @@ from clipqueue import deadletter
 from clipqueue.celery_app import AppContextTask
 from clipqueue.config import Settings
 from clipqueue.exceptions import ClipqueueError, TransientError
+from clipqueue.janitor import run_janitor
 from clipqueue.jobs import (
     JOB_COMPLETED, JOB_RETRYING, JOB_RUNNING, get_redis, job_logger, job_store, now_iso, worker_name,
 )
+from clipqueue.lease import JobLease
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.media.thumbnail import make_thumbnail
 from clipqueue.models import STATUS_PROCESSING, STATUS_READY, Clip, db, utcnow
-from clipqueue.janitor import run_janitor
-from clipqueue.lease import JobLease
 from clipqueue.queue import FINALIZE_TASK, JANITOR_TASK, PROCESS_TASK, SWEEP_OUTBOX_TASK, sweep_outbox
 from clipqueue.storage import object_key, storage_from_settings
 from clipqueue.urlpolicy import SourcePolicy
