@@ -7,6 +7,7 @@ import uuid
 
 import redis
 from flask import Blueprint, current_app, jsonify, request, url_for
+from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException
 
 from clipqueue import deadletter
@@ -15,13 +16,15 @@ from clipqueue.exceptions import ValidationError
 from clipqueue.jobs import job_logger, job_store
 from clipqueue.models import Clip, db
 from clipqueue.queue import dead_letter_count, enqueue_job, pending_count, unqueued_clips
-from clipqueue.validation import validate_clip_request
+from clipqueue.validation import ClipInput, validate_clip_request
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None):
@@ -65,13 +68,50 @@ def _clip_not_found(clip_id: str):
     return error_response(404, "not_found", f"no clip with id {clip_id!r}", "clip_id")
 
 
+def _idempotency_key() -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    key = key.strip()
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise ValidationError(f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
+                              IDEMPOTENCY_HEADER)
+    return key
+
+
+def _created(clip: Clip, status: int):
+    response = jsonify(clip.to_dict())
+    response.status_code = status
+    response.headers["Location"] = url_for("api.get_clip", clip_id=str(clip.id))
+    return response
+
+
+def _earlier_create(key: str, clip_input: ClipInput):
+    """A retried POST: the clip its key made before, or 409 if the key now asks for another clip."""
+    clip = Clip.query.filter_by(idempotency_key=key).one()
+    asked = (clip_input.vod_url, clip_input.start_time, clip_input.end_time, clip_input.quality,
+             clip_input.mode, clip_input.title)
+    made = (clip.vod_url, clip.start_time, clip.end_time, clip.quality, clip.mode, clip.title)
+    if asked != made:
+        return error_response(409, "idempotency_key_reused",
+                              f"{IDEMPOTENCY_HEADER} {key!r} was used for a different clip", IDEMPOTENCY_HEADER)
+    return _created(clip, 200)
+
+
 @bp.post("/clips")
 def create_clip():
-    """Validate, record the clip as ``processing``, then queue its job."""
+    """Validate, record the clip as ``processing``, then queue its job.
+
+    With an ``Idempotency-Key`` header, retrying the same POST returns the
+    clip the first one made (``200``) instead of making another.
+    """
     data = request.get_json(silent=True)
     if data is None:
         return error_response(400, "invalid_json", "the request body must be JSON (Content-Type: application/json)")
+    key = _idempotency_key()
     clip_input = validate_clip_request(data, current_app.config["CLIPQUEUE"])
+    if key is not None and Clip.query.filter_by(idempotency_key=key).first() is not None:
+        return _earlier_create(key, clip_input)
     clip = Clip(
         vod_url=clip_input.vod_url,
         start_time=clip_input.start_time,
@@ -79,16 +119,19 @@ def create_clip():
         quality=clip_input.quality,
         mode=clip_input.mode,
         title=clip_input.title,
+        idempotency_key=key,
     )
     db.session.add(clip)
     # Commit before queuing: a worker must always find the row it is sent.
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key committed first.
+        db.session.rollback()
+        return _earlier_create(key, clip_input)
     job_logger(log, str(clip.id)).info("clip created for %s", clip.vod_url)
     enqueue_job(clip)
-    response = jsonify(clip.to_dict())
-    response.status_code = 201
-    response.headers["Location"] = url_for("api.get_clip", clip_id=str(clip.id))
-    return response
+    return _created(clip, 201)
 
 
 @bp.get("/clips/<clip_id>")

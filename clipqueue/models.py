@@ -64,6 +64,8 @@ class Clip(db.Model):
     muted_ranges: Mapped[list | None] = mapped_column(sa.JSON)
     extraction_method: Mapped[str | None] = mapped_column(sa.String(32))
     error: Mapped[str | None] = mapped_column(sa.Text)
+    # The client's Idempotency-Key: a retried POST finds its clip instead of making a second one.
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255), unique=True)
     # Null until the job reached Redis: the outbox sweep queues such clips.
     enqueued_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)

@@ -229,12 +229,22 @@ def build_document(settings: Settings) -> dict[str, Any]:
                     "operationId": "createClip",
                     "summary": "Validate, record the clip as processing and queue its job",
                     "security": write_security,
+                    "parameters": [{
+                        "name": "Idempotency-Key", "in": "header", "required": False,
+                        "description": "Retrying the same POST with the same key returns the first clip (200).",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    }],
                     "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ClipRequest")}}},
                     "responses": {
                         "201": {
                             **_ok("the clip, still processing", "Clip"),
                             "headers": {"Location": {"schema": {"type": "string"}}},
                         },
+                        "200": {
+                            **_ok("the clip an earlier POST with this Idempotency-Key made", "Clip"),
+                            "headers": {"Location": {"schema": {"type": "string"}}},
+                        },
+                        "409": _error("the Idempotency-Key was used for a different clip"),
                         "400": _error("a field is missing or invalid (error.field names it), or the body is not JSON"),
                         **auth_errors,
                         "413": _error(f"the body is larger than {settings.max_request_bytes} bytes"),

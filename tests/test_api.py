@@ -183,3 +183,35 @@ def test_tokens_guard_calls_that_change_anything(service_factory):
     # Reads stay open.
     assert service.client.get(f"/api/v1/clips/{ok.get_json()['clip_id']}").status_code == 200
     assert service.client.get("/api/v1/queue").status_code == 200
+
+
+def test_retried_post_with_idempotency_key_returns_the_first_clip(api):
+    headers = {"Idempotency-Key": "tap-7f3a"}
+    first = api.client.post("/api/v1/clips", json=GOOD, headers=headers)
+    again = api.client.post("/api/v1/clips", json=GOOD, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.get_json()["clip_id"] == first.get_json()["clip_id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    assert api.client.get("/api/v1/queue").get_json()["pending"] == 1
+
+    other = api.client.post("/api/v1/clips", json={**GOOD, "end_time": 30.0}, headers=headers)
+    assert other.status_code == 409
+    assert _error(other)["field"] == "Idempotency-Key"
+    assert api.client.post("/api/v1/clips", json=GOOD, headers={"Idempotency-Key": "x" * 256}).status_code == 400
+    assert api.client.get("/api/v1/queue").get_json()["pending"] == 1
+
+
+def test_concurrent_posts_with_one_idempotency_key_make_one_clip(service_factory):
+    from concurrent.futures import ThreadPoolExecutor
+
+    service = service_factory(db="postgres")
+
+    def post(_):
+        with service.app.test_client() as client:
+            return client.post("/api/v1/clips", json=GOOD, headers={"Idempotency-Key": "race"})
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        responses = list(pool.map(post, range(8)))
+    assert sorted(r.status_code for r in responses) == [200] * 7 + [201]
+    assert len({r.get_json()["clip_id"] for r in responses}) == 1
+    assert service.client.get("/api/v1/queue").get_json()["pending"] == 1
