@@ -28,7 +28,7 @@ from clipqueue.media.playlist import (
     parse_media,
     select_segments,
 )
-from clipqueue.urlpolicy import SourcePolicy
+from clipqueue.urlpolicy import SourcePolicy, check_playlist_text
 
 MODES = ("accurate", "copy")
 StageCallback = Callable[[str, int], None]
@@ -58,6 +58,7 @@ class ExtractOptions:
     max_output_bytes: int = defaults.MAX_OUTPUT_BYTES
     live_wait_deadline: float = defaults.LIVE_WAIT_DEADLINE_SECONDS
     live_poll_interval: float = defaults.LIVE_POLL_SECONDS
+    max_redirects: int = defaults.SOURCE_MAX_REDIRECTS
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,16 @@ def _is_playlist_url(url: str) -> bool:
     return urlsplit(url).path.lower().endswith((".m3u8", ".m3u"))
 
 
+def get_playlist(fetcher: Fetcher, url: str, options: ExtractOptions) -> tuple[str, str]:
+    """Fetch a playlist and refuse it if any entry (segment, variant, map, key, any ``URI=``) is forbidden.
+
+    Returns its text and final URL.
+    """
+    text, final_url = fetcher.get_text(url)
+    check_playlist_text(text, final_url, options.policy)
+    return text, final_url
+
+
 def wait_for_range(fetcher: Fetcher, playlist: MediaPlaylist, end_time: float,
                    options: ExtractOptions) -> MediaPlaylist:
     """Return ``playlist`` once it reaches ``end_time``, re-reading a live (EVENT) playlist until then.
@@ -105,8 +116,7 @@ def wait_for_range(fetcher: Fetcher, playlist: MediaPlaylist, end_time: float,
                 f"within {options.live_wait_deadline:.0f}s"
             )
         time.sleep(options.live_poll_interval)
-        text, url = fetcher.get_text(playlist.url)
-        playlist = parse_media(text, url)
+        playlist = parse_media(*get_playlist(fetcher, playlist.url, options))
     return playlist
 
 
@@ -128,15 +138,15 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
     stage("fetching", 0)
     try:
         with Fetcher(options.policy, options.fetch_concurrency, options.fetch_retries,
-                     options.fetch_timeout, options.max_fetch_bytes) as fetcher:
+                     options.fetch_timeout, options.max_fetch_bytes, options.max_redirects) as fetcher:
             url = request.source_url
             if _is_playlist_url(url) or looks_like_playlist(fetcher.head_bytes(url)):
-                text, url = fetcher.get_text(url)
+                text, url = get_playlist(fetcher, url, options)
                 quality_used = None  # a media playlist names no rendition: reported from the clip below
                 if is_master_playlist(text):
                     rendition = choose_rendition(parse_master(text, url), request.quality)
                     quality_used = rendition.name
-                    text, url = fetcher.get_text(rendition.url)
+                    text, url = get_playlist(fetcher, rendition.url, options)
                 playlist = wait_for_range(fetcher, parse_media(text, url), request.end_time, options)
                 segments = select_segments(playlist, request.start_time, request.end_time)
                 if not segments:

@@ -1,6 +1,8 @@
 """Fetch playlists and segments over HTTP: checked, bounded, retried, streamed to disk.
 
-Every URL (including each redirect hop) passes :func:`check_url`. Segments
+Every request goes through :func:`urlpolicy.open_checked`: each URL and
+redirect hop is checked and the connection goes to the very address that was
+checked (no second DNS lookup). Segments
 are fetched in parallel over a pool of keep-alive connections; when there
 are fewer segments than connections and the server accepts ranges, segments
 are split into byte ranges so every connection is busy. Bodies are streamed
@@ -17,10 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from clipqueue.exceptions import (
     ClipqueueError,
@@ -31,15 +31,14 @@ from clipqueue.exceptions import (
     TransientError,
 )
 from clipqueue.media.playlist import Segment
-from clipqueue.urlpolicy import SourcePolicy, check_url
+from clipqueue import urlpolicy
+from clipqueue.urlpolicy import SourcePolicy
 
-MAX_REDIRECTS = 5
 MAX_PLAYLIST_BYTES = 8 * 1024 * 1024
 STREAM_CHUNK_BYTES = 256 * 1024
 RANGE_PART_MIN_BYTES = 512 * 1024  # below this a byte range is not worth its own request
 BACKOFF_BASE_SECONDS = 0.25
 BACKOFF_MAX_SECONDS = 4.0
-USER_AGENT = "clipqueue/1"
 
 
 def error_for_status(url: str, status: int) -> ClipqueueError:
@@ -68,19 +67,17 @@ class FetchedSegment:
 class Fetcher:
     """An HTTP client for one job: a keep-alive pool, a byte budget and a count of bytes fetched."""
 
-    def __init__(self, policy: SourcePolicy, concurrency: int, retries: int, timeout: float, max_bytes: int):
+    def __init__(self, policy: SourcePolicy, concurrency: int, retries: int, timeout: float, max_bytes: int,
+                 max_redirects: int = urlpolicy.MAX_REDIRECTS):
         self.policy = policy
+        self.max_redirects = max_redirects
         self.concurrency = max(1, concurrency)
         self.retries = max(0, retries)
         self.timeout = timeout
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._bytes = 0
-        self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.concurrency + 2, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        self._session.headers["User-Agent"] = USER_AGENT
+        self._session = urlpolicy.checked_session(pool_maxsize=self.concurrency + 2)
 
     @property
     def bytes_fetched(self) -> int:
@@ -103,23 +100,16 @@ class Fetcher:
             raise InvalidMedia(f"source needs more than the {self.max_bytes} byte fetch limit")
 
     def _open(self, url: str, headers: dict[str, str] | None = None) -> requests.Response:
-        """GET ``url`` following redirects by hand, so each hop is checked; the response is unread."""
-        for _ in range(MAX_REDIRECTS + 1):
-            check_url(url, self.policy)
-            try:
-                response = self._session.get(url, headers=headers, stream=True, timeout=self.timeout,
-                                             allow_redirects=False)
-            except requests.RequestException as exc:
-                raise SourceUnavailable(f"cannot fetch {url}: {exc.__class__.__name__}: {exc}") from exc
-            if response.is_redirect and "location" in response.headers:
-                response.close()
-                url = urljoin(url, response.headers["location"])
-                continue
-            if response.status_code >= 400:
-                response.close()
-                raise error_for_status(url, response.status_code)
-            return response
-        raise SourceRejected(f"more than {MAX_REDIRECTS} redirects from {url}")
+        """GET ``url`` from the checked address, each redirect hop checked; the response is unread."""
+        try:
+            response = urlpolicy.open_checked(self._session, url, self.policy, headers=headers,
+                                              timeout=self.timeout, max_redirects=self.max_redirects)
+        except requests.RequestException as exc:
+            raise SourceUnavailable(f"cannot fetch {url}: {exc.__class__.__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            response.close()
+            raise error_for_status(response.url, response.status_code)
+        return response
 
     def _with_retries(self, action: Callable[[], object]):
         attempt = 0

@@ -144,6 +144,10 @@ def parse_media(text: str, url: str) -> MediaPlaylist:
     sequence = playlist.media_sequence or 0
     next_offset = 0
     for index, item in enumerate(playlist.segments):
+        key = item.key
+        if key is not None and (key.method or "NONE").upper() != "NONE":
+            # Segments would be cut as ciphertext: a broken clip, not a clip.
+            raise InvalidMedia(f"encrypted VODs are not supported (EXT-X-KEY METHOD={key.method})")
         duration = float(item.duration or 0.0)
         if duration <= 0:
             raise InvalidMedia(f"segment {item.uri} has no EXTINF duration")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clipqueue.exceptions import ClipqueueError, ForbiddenSource, SourceUnavailable
+from clipqueue.exceptions import ClipqueueError, ForbiddenSource, InvalidMedia, SourceUnavailable
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.sample.server import serve_directory
 from clipqueue.sample.vod import generate_hls_vod
@@ -87,16 +87,7 @@ def _smuggled_entries(secret_file: Path, port: int) -> dict[str, tuple[str, str]
     }
 
 
-# The media layer does not yet scan whole playlists with urlpolicy.check_playlist_text:
-# these entries are not read locally today (the subfile one is fetched as an HTTP path,
-# the key is ignored) but the job should fail as "forbidden source".
-NOT_YET_SCANNED = pytest.mark.xfail(strict=True, reason="media layer must call urlpolicy.check_playlist_text")
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param(name, marks=NOT_YET_SCANNED) if name in ("subfile-segment", "key-file") else name
-    for name in _smuggled_entries(Path("/x"), 0)
-])
+@pytest.mark.parametrize("case", list(_smuggled_entries(Path("/x"), 0)))
 def test_smuggled_segment_map_or_key_fails_the_job_and_reads_nothing_local(source, hostile_root, secret_file,
                                                                           tmp_path, case):
     header, first = _smuggled_entries(secret_file, source.url.rsplit(":", 1)[1])[case]
@@ -107,6 +98,14 @@ def test_smuggled_segment_map_or_key_fails_the_job_and_reads_nothing_local(sourc
     assert "forbidden source" in str(caught.value)
     assert not (tmp_path / "clip.mp4").exists()
     _assert_nothing_local_in(tmp_path)
+
+
+def test_encrypted_vod_fails_as_invalid_media_instead_of_cutting_ciphertext(source, hostile_root, tmp_path):
+    header = '#EXT-X-KEY:METHOD=AES-128,URI="key.bin",IV=0x00000000000000000000000000000001\n'
+    path = _write_playlist(hostile_root, "encrypted.m3u8", SEGMENT_PLAYLIST.format(header=header, first="0.ts"))
+    with pytest.raises(InvalidMedia, match="encrypted"):
+        extract_clip(ClipRequest(f"{source.url}/{path}", 2, 8, mode="copy"), tmp_path, _options())
+    assert not (tmp_path / "clip.mp4").exists()
 
 
 def test_absolute_path_segment_is_fetched_from_the_source_not_the_disk(source, hostile_root, secret_file, tmp_path):
