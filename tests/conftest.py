@@ -94,9 +94,11 @@ class Service:
     client: object = None
     workers: list[WorkerProcess] = field(default_factory=list)
 
-    def start_worker(self, name: str | None = None, beat: bool = False, **env) -> WorkerProcess:
+    def start_worker(self, name: str | None = None, beat: bool = False, queues: str | None = None,
+                     **env) -> WorkerProcess:
         name = name or f"worker{len(self.workers) + 1}"
-        worker = WorkerProcess({**self.env, **env}, name, self.workdir, beat=beat)
+        options = {"queues": queues} if queues else {}
+        worker = WorkerProcess({**self.env, **env}, name, self.workdir, beat=beat, **options)
         self.workers.append(worker)
         return worker.start()
 

@@ -104,19 +104,20 @@ class WorkerProcess:
     ready_marker = b"ready."
 
     def __init__(self, env: dict[str, str], name: str, logdir: Path, beat: bool = False,
-                 concurrency: int = 1):
+                 concurrency: int = 1, queues: str = "clip_extraction_jobs,clipqueue_control"):
         self.env = env
         self.name = name
         self.log_path = logdir / f"{name}.log"
         self.beat = beat
         self.concurrency = concurrency
+        self.queues = queues
         self.process: subprocess.Popen | None = None
         self.logdir = logdir
 
     def command(self) -> list[str]:
         command = [
             sys.executable, "-m", "celery", "-A", "clipqueue.make_celery", "worker",
-            "--queues", "clip_extraction_jobs,clipqueue_control",
+            "--queues", self.queues,
             "--concurrency", str(self.concurrency), "--pool", "prefork",
             "--hostname", f"{self.name}@%h", "--loglevel", "INFO", "--without-mingle",
             "--without-gossip",

@@ -391,3 +391,16 @@ def test_job_that_keeps_killing_its_worker_is_dead_lettered_after_the_cap(servic
     assert job["status"] == "failed" and job["deliveries"] == 3
     letters = service.client.get("/api/v1/dead-letter").get_json()["jobs"]
     assert [entry["clip_id"] for entry in letters] == [clip_id]
+
+
+def test_clip_no_worker_finishes_is_failed_at_the_processing_deadline(service_factory, master_url):
+    service = service_factory(PROCESSING_DEADLINE_SECONDS="3", **FAST_RECOVERY)
+    # Only maintenance runs: nobody takes clip jobs.
+    service.start_worker("maintenance", queues="clipqueue_control")
+    service.start_beat()
+    clip_id = service.create_clip(vod_url=master_url, start_time=1, end_time=4).get_json()["clip_id"]
+
+    clip = service.wait_for_clip(clip_id, timeout=60)
+    assert clip["status"] == "failed" and "within 3 s" in clip["error"]
+    assert service.job(clip_id)["status"] == "failed"
+    assert service.client.get("/api/v1/queue").get_json()["dead_letter"] == 1
