@@ -3,6 +3,10 @@
 Times are VOD seconds. Packets are chosen by their timestamps from an
 ffprobe listing, so the cut never depends on FFmpeg's seeking; the output is
 an MP4 whose first video frame is a keyframe at time 0, without edit lists.
+
+Every FFmpeg input names the protocols and demuxers it may use: FFmpeg
+never opens a URL or a file named inside the media (an HLS playlist posing
+as a segment, an AVI with an embedded playlist).
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipqueue.exceptions import InvalidMedia, RangeNotInVod, SourceUnavailable
+from clipqueue.exceptions import InvalidMedia, RangeNotInVod
 from clipqueue.media.fetch import FetchedSegment
-from clipqueue.media.probe import probe_media
+from clipqueue.media.probe import PROGRESSIVE_FORMATS, probe_media
 
 FFMPEG_TIMEOUT_SECONDS = 300
 PROGRESSIVE_MARGIN_SECONDS = 2.0  # fetched past end_time so B-frames that follow it can be decoded
@@ -87,10 +91,36 @@ def _ffmpeg(*args: str) -> list[str]:
     return ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args]
 
 
+def _local_ts(path: Path) -> list[str]:
+    """Input options for one of our own MPEG-TS files: the file protocol and the mpegts demuxer only."""
+    return ["-protocol_whitelist", "file", "-f", "mpegts", "-i", str(path)]
+
+
+TS_SYNC_BYTE = 0x47
+ISO_BMFF_FIRST_BOXES = {b"ftyp", b"styp", b"moof", b"moov", b"sidx", b"emsg", b"prft", b"free"}
+
+
+def _check_segment_kind(path: Path, fmp4: bool) -> None:
+    """Refuse a segment that is not what the playlist says (e.g. a playlist posing as a segment).
+
+    FFmpeg's MPEG-TS demuxer would skip such bytes and resync on the next
+    segment, silently moving the clip in time.
+    """
+    with open(path, "rb") as file:
+        head = file.read(8)
+    ok = head[4:8] in ISO_BMFF_FIRST_BOXES if fmp4 else head[:1] == bytes([TS_SYNC_BYTE])
+    if not ok:
+        kind = "fragmented MP4" if fmp4 else "MPEG-TS"
+        raise InvalidMedia(f"a segment of the source is not {kind} (starts with {head[:8]!r})")
+
+
 def join_segments(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource:
     """Join fetched segments into one MPEG-TS file (fMP4 is remuxed, copying streams)."""
     if not fetched:
         raise InvalidMedia("no segments to join")
+    fmp4 = fetched[0].init_path is not None
+    for path in dict.fromkeys(p for item in fetched for p in (item.init_path, item.path) if p is not None):
+        _check_segment_kind(path, fmp4)
     dest_stem.parent.mkdir(parents=True, exist_ok=True)
     joined = dest_stem.with_suffix(".joined")
     with open(joined, "wb") as out:
@@ -108,20 +138,21 @@ def join_segments(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource
     else:
         # One timebase (90 kHz) for every stream keeps timestamp arithmetic exact below.
         path = dest_stem.with_suffix(".ts")
-        run_ffmpeg(_ffmpeg("-copyts", "-i", str(joined), "-map", "0:v:0?", "-map", "0:a:0?", "-c", "copy",
+        run_ffmpeg(_ffmpeg("-copyts", "-protocol_whitelist", "file", "-f", "mov", "-i", str(joined), "-map", "0:v:0?", "-map", "0:a:0?", "-c", "copy",
                            "-f", "mpegts", str(path)), what="remuxing fMP4 segments")
         joined.unlink()
     return LocalSource(path, fetched[0].segment.start)
 
 
-def fetch_progressive_window(url: str, start_time: float, end_time: float, dest_stem: Path,
+def fetch_progressive_window(relay_url: str, start_time: float, end_time: float, dest_stem: Path,
                              timeout: float) -> LocalSource:
-    """Copy the part of a progressive file (MP4/TS over HTTP) around the range into a local TS file.
+    """Copy the part of a progressive file (MP4/TS) around the range into a local TS file.
 
-    FFmpeg seeks with HTTP range requests; the copy starts at the keyframe
+    ``relay_url`` is a :class:`~clipqueue.media.fetch.LoopbackRelay`'s: FFmpeg
+    seeks with HTTP range requests through it. The copy starts at the keyframe
     at or before ``start_time`` and keeps the original timestamps.
     """
-    info = probe_media(url)
+    info = probe_media(relay_url, PROGRESSIVE_FORMATS)
     if end_time > info.duration + 1e-3:
         raise RangeNotInVod(f"range {start_time:.3f}-{end_time:.3f}s ends after the file ({info.duration:.3f}s)")
     path = dest_stem.with_suffix(".ts")
@@ -129,16 +160,13 @@ def fetch_progressive_window(url: str, start_time: float, end_time: float, dest_
     ts_shift = 10.0  # keeps early B-frame decode timestamps positive in MPEG-TS
     seek = max(0.0, start_time)
     # -copyts keeps source timestamps (shifted by ts_shift, no muxer delay) so VOD time maps exactly.
-    args = _ffmpeg("-rw_timeout", str(int(timeout * 1e6)), "-copyts", "-ss", f"{seek:.6f}",
-                   "-to", f"{end_time + PROGRESSIVE_MARGIN_SECONDS:.6f}", "-i", url,
+    # The relay gives up on a stalled source after ``timeout``; FFmpeg waits longer so the relay's error wins.
+    args = _ffmpeg("-protocol_whitelist", "http,tcp", "-http_proxy", "", "-format_whitelist", PROGRESSIVE_FORMATS,
+                   "-rw_timeout", str(int((2 * timeout + 1) * 1e6)), "-copyts", "-ss", f"{seek:.6f}",
+                   "-to", f"{end_time + PROGRESSIVE_MARGIN_SECONDS:.6f}", "-i", relay_url,
                    "-map", "0:v:0?", "-map", "0:a:0?", "-c", "copy", "-muxdelay", "0", "-muxpreload", "0",
                    "-output_ts_offset", str(ts_shift), "-f", "mpegts", str(path))
-    try:
-        run_ffmpeg(args, what="reading the progressive source")
-    except InvalidMedia as exc:
-        if any(code in str(exc) for code in ("Connection", "timed out", "5XX", "Server returned 5")):
-            raise SourceUnavailable(str(exc)) from exc
-        raise
+    run_ffmpeg(args, what="reading the progressive source")
     return LocalSource(path, 0.0, zero_pts=info.start_time + ts_shift)
 
 
@@ -146,7 +174,7 @@ def probe_streams(path: Path) -> Streams:
     """List the packets of the first video and audio stream of ``path``."""
     out = run_ffmpeg(["ffprobe", "-v", "error", "-show_entries",
                       "stream=index,codec_type,codec_name,time_base:packet=stream_index,pts,dts,duration,flags",
-                      "-of", "json", str(path)], what="ffprobe")
+                      "-of", "json", "-protocol_whitelist", "file", "-f", "mpegts", str(path)], what="ffprobe")
     data = json.loads(out)
     streams = data.get("streams", [])
     video = next((s for s in streams if s["codec_type"] == "video"), None)
@@ -254,7 +282,7 @@ def splices_cleanly(streams: Streams, timeline: Timeline, key_index: int) -> boo
 def _select_copy(source: Path, out: Path, stream: str, low: float, high: float) -> None:
     """Copy the packets of ``stream`` ("v" or "a") with file time in ``[low, high]`` to MPEG-TS ``out``."""
     drop = f"noise=drop='not(between(pts*tb\\,{low:.6f}\\,{high:.6f}))'"
-    run_ffmpeg(_ffmpeg("-copyts", "-i", str(source), "-map", f"0:{stream}:0", "-c", "copy",
+    run_ffmpeg(_ffmpeg("-copyts", *_local_ts(source), "-map", f"0:{stream}:0", "-c", "copy",
                        f"-bsf:{stream}", drop, "-muxdelay", "0", "-muxpreload", "0", "-f", "mpegts", str(out)),
                what="selecting packets")
 
@@ -269,10 +297,13 @@ def _mux(video: Path | None, audio: Path | None, output: Path, video_is_concat: 
     args = _ffmpeg()
     if video is not None:
         if video_is_concat:
-            args += ["-f", "concat", "-safe", "0"]
-        args += ["-i", str(video)]
+            # Our own listing of our own TS parts; the whitelists pass on to the files it opens.
+            args += ["-f", "concat", "-safe", "0", "-protocol_whitelist", "file",
+                     "-format_whitelist", "concat,mpegts", "-i", str(video)]
+        else:
+            args += _local_ts(video)
     if audio is not None:
-        args += ["-i", str(audio)]
+        args += _local_ts(audio)
     args += ["-map", "0:v:0"] if video is not None else []
     args += ["-map", f"{1 if video is not None else 0}:a:0"] if audio is not None else []
     args += ["-c", "copy", "-movflags", MP4_FLAGS, "-use_editlist", "0", "-f", "mp4", str(output)]
@@ -313,7 +344,7 @@ def parameter_sets(path: Path, at: float | None = None) -> dict[str, dict[str, i
     args[args.index("error")] = "info"  # trace_headers logs at info level
     if at is not None:
         args += ["-copyts", "-seek_timestamp", "1", "-ss", f"{at:.6f}"]
-    args += ["-i", str(path), "-map", "0:v:0", "-frames:v", "1", "-c", "copy", "-bsf:v", "trace_headers",
+    args += [*_local_ts(path), "-map", "0:v:0", "-frames:v", "1", "-c", "copy", "-bsf:v", "trace_headers",
              "-f", "null", "-"]
     with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
         try:
@@ -411,7 +442,7 @@ def _encode_frames(source: Path, streams: Streams, timeline: Timeline, first: in
     _select_copy(source, gops, "v", timeline.pts[decode_from] - 1e-4, upper)
     low = timeline.pts[first] - timeline.frame / 2
     high = timeline.pts[last] + timeline.frame / 2
-    args = _ffmpeg("-copyts", "-i", str(gops), "-map", "0:v:0",
+    args = _ffmpeg("-copyts", *_local_ts(gops), "-map", "0:v:0",
                    "-vf", f"select='between(pts*TB\\,{low:.6f}\\,{high:.6f})'", "-fps_mode", "passthrough",
                    *encoder, "-f", "mpegts", str(out))
     run_ffmpeg(args, what="re-encoding frames")

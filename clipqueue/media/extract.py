@@ -14,9 +14,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from clipqueue import defaults
-from clipqueue.exceptions import LiveVodTimeout, RangeNotInVod, SourceRejected
+from clipqueue.exceptions import ClipqueueError, LiveVodTimeout, RangeNotInVod, SourceRejected
 from clipqueue.media import cut
-from clipqueue.media.fetch import Fetcher
+from clipqueue.media.fetch import Fetcher, LoopbackRelay
 from clipqueue.media.playlist import (
     QUALITIES,
     MediaPlaylist,
@@ -160,11 +160,16 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
                 source = cut.join_segments(fetched, scratch / "source")
             else:
                 quality_used = "source"
-                source = cut.fetch_progressive_window(url, request.start_time, request.end_time, scratch / "source",
-                                                      options.fetch_timeout)
+                with LoopbackRelay(fetcher, url) as relay:
+                    try:
+                        source = cut.fetch_progressive_window(relay.url, request.start_time, request.end_time,
+                                                              scratch / "source", options.fetch_timeout)
+                    except ClipqueueError:
+                        relay.raise_upstream_error()  # the source's failure, not FFmpeg's view of it
+                        raise
+                    relay.raise_upstream_error()
                 segments = []
-            # FFmpeg reads progressive files itself; what it kept is a lower bound of what it read.
-            bytes_fetched = fetcher.bytes_fetched + (0 if segments else source.path.stat().st_size)
+            bytes_fetched = fetcher.bytes_fetched
         stage("fetching", 100)
         stage("cutting", 0)
         clip = cut.cut_clip(source, request.start_time, request.end_time, request.mode, output, scratch,

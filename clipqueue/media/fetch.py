@@ -7,6 +7,11 @@ are fetched in parallel over a pool of keep-alive connections; when there
 are fewer segments than connections and the server accepts ranges, segments
 are split into byte ranges so every connection is busy. Bodies are streamed
 to disk, so memory does not grow with the clip.
+
+FFmpeg never fetches a source itself (it would resolve names and follow
+redirects on its own): progressive files reach it through a
+:class:`LoopbackRelay`, which serves that one URL on 127.0.0.1 through this
+module's checked fetches.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
@@ -282,3 +288,88 @@ class Fetcher:
                 raise
         return results
 
+
+
+class _RelayHandler(BaseHTTPRequestHandler):
+    server: "_RelayServer"
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def do_GET(self) -> None:
+        relay = self.server.relay
+        if self.path != LoopbackRelay.PATH:
+            self.send_error(404)
+            return
+        headers = {"Range": self.headers["Range"]} if self.headers.get("Range") else None
+        try:
+            response = relay.fetcher._with_retries(lambda: relay.fetcher._open(relay.source_url, headers))
+        except ClipqueueError as exc:
+            relay.record(exc)
+            self.send_error(404 if isinstance(exc, SourceNotFound) else 502)
+            return
+        with response:
+            self.send_response(response.status_code)
+            for name in ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges"):
+                if name in response.headers:
+                    self.send_header(name, response.headers[name])
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                for chunk in response.iter_content(STREAM_CHUNK_BYTES):
+                    relay.fetcher._count(len(chunk))
+                    self.wfile.write(chunk)
+            except (requests.RequestException, ClipqueueError) as exc:
+                relay.record(exc if isinstance(exc, ClipqueueError)
+                             else SourceUnavailable(f"reading {relay.source_url} failed: {exc}"))
+            except OSError:
+                pass  # FFmpeg hung up, e.g. to seek elsewhere: not the source's fault
+
+
+class _RelayServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, relay: "LoopbackRelay"):
+        super().__init__(("127.0.0.1", 0), _RelayHandler)
+        self.relay = relay
+
+
+class LoopbackRelay:
+    """Serve one source URL at ``http://127.0.0.1:<port>/source`` for FFmpeg, for as long as the ``with`` lasts.
+
+    Every request FFmpeg sends (byte ranges included) is made again through the
+    job's :class:`Fetcher`: checked, pinned to the checked address, counted in
+    its byte budget. A failure upstream is kept: call :meth:`raise_upstream_error`
+    after FFmpeg is done, since FFmpeg may take a cut-short body for the end of
+    the file.
+    """
+
+    PATH = "/source"
+
+    def __init__(self, fetcher: Fetcher, source_url: str):
+        self.fetcher = fetcher
+        self.source_url = source_url
+        self._error: ClipqueueError | None = None
+        self._lock = threading.Lock()
+        self._server = _RelayServer(self)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}{self.PATH}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="source-relay", daemon=True)
+
+    def record(self, error: ClipqueueError) -> None:
+        with self._lock:
+            self._error = self._error or error
+
+    def raise_upstream_error(self) -> None:
+        """Raise the first failure met while fetching the source, if any."""
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> "LoopbackRelay":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

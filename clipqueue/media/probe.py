@@ -9,6 +9,11 @@ import ffmpeg
 
 from clipqueue.exceptions import InvalidMedia
 
+# Demuxers FFmpeg may pick (-format_whitelist): never hls, concat or anything
+# else that opens further files named inside the media.
+MP4_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2"
+PROGRESSIVE_FORMATS = f"{MP4_FORMATS},mpegts"
+
 
 @dataclass(frozen=True)
 class MediaInfo:
@@ -23,10 +28,16 @@ class MediaInfo:
     start_time: float = 0.0
 
 
-def probe_media(path: Path | str) -> MediaInfo:
-    """Return the duration, picture size and codecs of ``path`` (a file or URL); raise ``InvalidMedia``."""
+def probe_media(path: Path | str, formats: str = MP4_FORMATS) -> MediaInfo:
+    """Return the duration, picture size and codecs of ``path``; raise ``InvalidMedia``.
+
+    ``path`` is a local file, or the loopback URL of a
+    :class:`~clipqueue.media.fetch.LoopbackRelay`; ``formats`` are the demuxers allowed.
+    """
+    is_relay = str(path).startswith("http://127.0.0.1:")
+    protocols = {"protocol_whitelist": "http,tcp", "http_proxy": ""} if is_relay else {"protocol_whitelist": "file"}
     try:
-        info = ffmpeg.probe(str(path))
+        info = ffmpeg.probe(str(path), format_whitelist=formats, **protocols)
     except ffmpeg.Error as exc:
         message = exc.stderr.decode(errors="replace").strip().splitlines()[-1:] if exc.stderr else []
         raise InvalidMedia(f"ffprobe cannot read {path}: {' '.join(message) or exc}") from exc

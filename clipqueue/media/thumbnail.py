@@ -8,7 +8,7 @@ from pathlib import Path
 import ffmpeg
 
 from clipqueue.exceptions import InvalidMedia
-from clipqueue.media.probe import probe_media
+from clipqueue.media.probe import MP4_FORMATS, probe_media
 
 THUMBNAIL_WIDTH = 480
 THUMBNAIL_TIMEOUT_SECONDS = 60
@@ -23,7 +23,7 @@ def make_thumbnail(video: Path, out: Path, at: float | None = None) -> Path:
         at = info.duration / 3
     at = max(0.0, min(at, max(0.0, info.duration - 0.1)))
     args = (
-        ffmpeg.input(str(video), ss=at)
+        ffmpeg.input(str(video), ss=at, protocol_whitelist="file", format_whitelist=MP4_FORMATS)
         .filter("scale", f"min({THUMBNAIL_WIDTH},iw)", -2)
         .output(str(out), vframes=1, format="image2", vcodec="mjpeg", **{"q:v": 3})
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error")

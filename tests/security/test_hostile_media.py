@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -171,8 +172,6 @@ def test_source_that_stalls_mid_segment_fails_within_the_timeout_and_leaves_no_f
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason="ffmpeg/ffprobe read progressive URLs themselves: their own DNS lookup and "
-                                       "unchecked redirects (see the security report for the fix)")
 def test_progressive_source_cannot_redirect_ffmpeg_after_the_check(tmp_path):
     from clipqueue.sample.vod import generate_progressive_mp4
     from tests.security.servers import CountingServer
@@ -189,3 +188,48 @@ def test_progressive_source_cannot_redirect_ffmpeg_after_the_check(tmp_path):
             extract_clip(ClipRequest(url, 1, 3, mode="copy"), tmp_path / "work",
                          _options(policy=policy))
         assert internal.connections == 0
+
+
+def _playlist_posing_as_media(secret_file: Path) -> str:
+    # What FFmpeg's hls demuxer would follow if it ever opened this: a local file with an
+    # allowed extension (.ts) and /etc/passwd.
+    return ("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n"
+            f"file://{secret_file}\n#EXTINF:10,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n")
+
+
+@pytest.mark.parametrize("start,end", [(2, 8), (2, 18)])
+def test_segment_whose_content_is_a_playlist_fails_as_invalid_media_and_reads_nothing_local(
+        source, hostile_root, secret_file, tmp_path, start, end):
+    (hostile_root / "hls" / "720p" / "evil.ts").write_text(_playlist_posing_as_media(secret_file))
+    path = _write_playlist(hostile_root, "evil-segment.m3u8", SEGMENT_PLAYLIST.format(header="", first="evil.ts"))
+    with pytest.raises(InvalidMedia):
+        extract_clip(ClipRequest(f"{source.url}/{path}", start, end), tmp_path, _options())
+    assert not (tmp_path / "clip.mp4").exists()
+    _assert_nothing_local_in(tmp_path)
+
+
+def test_avi_segment_is_not_demuxed_as_avi(source, hostile_root, tmp_path):
+    # AVI is how CVE-2016-1897/1898 and CVE-2017-9993 smuggled a playlist in: never let its demuxer run.
+    avi = hostile_root / "hls" / "720p" / "clip.avi.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=30:duration=10",
+                    "-c:v", "mpeg4", "-f", "avi", str(avi)], check=True)
+    path = _write_playlist(hostile_root, "avi-segment.m3u8", SEGMENT_PLAYLIST.format(header="", first=avi.name))
+    with pytest.raises(InvalidMedia):
+        extract_clip(ClipRequest(f"{source.url}/{path}", 2, 8), tmp_path, _options())
+
+
+@pytest.mark.parametrize("name", ["avi-source.mp4", "padded-playlist.mp4"])
+def test_progressive_source_in_a_format_ffmpeg_may_not_open_fails_as_invalid_media(
+        source, hostile_root, secret_file, tmp_path, name):
+    trap = hostile_root / name
+    if name.startswith("avi"):
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                        "testsrc=size=320x240:rate=30:duration=10", "-c:v", "mpeg4", "-f", "avi", str(trap)],
+                       check=True)
+    else:
+        # Not recognised as a playlist by clipqueue (junk first), so it goes down the progressive path.
+        trap.write_text("x" * 100 + "\n" + _playlist_posing_as_media(secret_file))
+    with pytest.raises(InvalidMedia):
+        extract_clip(ClipRequest(f"{source.url}/{name}", 2, 8, mode="copy"), tmp_path, _options())
+    assert not (tmp_path / "clip.mp4").exists()
+    _assert_nothing_local_in(tmp_path)
