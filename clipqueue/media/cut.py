@@ -25,6 +25,7 @@ from clipqueue.media.fetch import FetchedSegment
 from clipqueue.media.probe import PROGRESSIVE_FORMATS, probe_media
 
 FFMPEG_TIMEOUT_SECONDS = 300
+RETIME_BASE_SECONDS = 10.0  # where re-timed media starts: keeps early B-frame decode timestamps positive
 PROGRESSIVE_MARGIN_SECONDS = 2.0  # fetched past end_time so B-frames that follow it can be decoded
 MP4_FLAGS = "+faststart+negative_cts_offsets"  # first frame at 0 without an edit list despite B-frames
 
@@ -40,6 +41,9 @@ class LocalSource:
     path: Path
     vod_offset: float
     zero_pts: float | None = None
+    # False when the video's parameter sets change inside the file (at a discontinuity):
+    # its packets cannot be spliced or copied into one MP4 track.
+    uniform: bool = True
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class Streams:
     audio: list[Packet]
     audio_frame: float  # seconds per audio packet
     codec: str | None
+    size: tuple[int, int] | None = None  # of the first video frames
 
 
 def run_ffmpeg(args: list[str], timeout: float = FFMPEG_TIMEOUT_SECONDS, what: str = "ffmpeg") -> str:
@@ -115,9 +120,48 @@ def _check_segment_kind(path: Path, fmp4: bool) -> None:
 
 
 def join_segments(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource:
-    """Join fetched segments into one MPEG-TS file (fMP4 is remuxed, copying streams)."""
+    """Join fetched segments into one MPEG-TS file on the VOD's timeline (fMP4 is remuxed, copying streams).
+
+    Across an ``#EXT-X-DISCONTINUITY`` timestamps restart or jump: each run
+    of segments between discontinuities is re-timed to where the playlist
+    places it before the runs are joined.
+    """
     if not fetched:
         raise InvalidMedia("no segments to join")
+    runs: list[list[FetchedSegment]] = []
+    for item in fetched:
+        if not runs or item.segment.discontinuity:
+            runs.append([])
+        runs[-1].append(item)
+    if len(runs) == 1:
+        return _join_run(fetched, dest_stem)
+    first_start = fetched[0].segment.start
+    retimed_parts, headers = [], []
+    for index, run in enumerate(runs):
+        part = _join_run(run, dest_stem.with_name(f"{dest_stem.name}-run{index}"))
+        streams = probe_streams(part.path)
+        zero = build_timeline(streams, part).zero if streams.video else streams.audio[0].pts
+        shift = RETIME_BASE_SECONDS + part.vod_offset - first_start - zero
+        retimed = part.path.with_suffix(".retimed.ts")
+        run_ffmpeg(_ffmpeg("-copyts", *_local_ts(part.path), "-map", "0:v:0?", "-map", "0:a:0?", "-c", "copy",
+                           "-muxdelay", "0", "-muxpreload", "0", "-output_ts_offset", f"{shift:.6f}",
+                           "-f", "mpegts", str(retimed)), what="re-timing segments after a discontinuity")
+        if streams.video:
+            headers.append(parameter_sets(part.path))
+        part.path.unlink()
+        retimed_parts.append(retimed)
+    path = dest_stem.with_suffix(".ts")
+    with open(path, "wb") as out:
+        for part_path in retimed_parts:
+            with open(part_path, "rb") as body:
+                shutil.copyfileobj(body, out, 1024 * 1024)
+            part_path.unlink()
+    return LocalSource(path, first_start, zero_pts=RETIME_BASE_SECONDS,
+                       uniform=all(h == headers[0] for h in headers))
+
+
+def _join_run(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource:
+    """Join segments with continuous timestamps into one MPEG-TS file."""
     fmp4 = fetched[0].init_path is not None
     for path in dict.fromkeys(p for item in fetched for p in (item.init_path, item.path) if p is not None):
         _check_segment_kind(path, fmp4)
@@ -157,7 +201,7 @@ def fetch_progressive_window(relay_url: str, start_time: float, end_time: float,
         raise RangeNotInVod(f"range {start_time:.3f}-{end_time:.3f}s ends after the file ({info.duration:.3f}s)")
     path = dest_stem.with_suffix(".ts")
     path.parent.mkdir(parents=True, exist_ok=True)
-    ts_shift = 10.0  # keeps early B-frame decode timestamps positive in MPEG-TS
+    ts_shift = RETIME_BASE_SECONDS
     seek = max(0.0, start_time)
     # -copyts keeps source timestamps (shifted by ts_shift, no muxer delay) so VOD time maps exactly.
     # The relay gives up on a stalled source after ``timeout``; FFmpeg waits longer so the relay's error wins.
@@ -173,7 +217,7 @@ def fetch_progressive_window(relay_url: str, start_time: float, end_time: float,
 def probe_streams(path: Path) -> Streams:
     """List the packets of the first video and audio stream of ``path``."""
     out = run_ffmpeg(["ffprobe", "-v", "error", "-show_entries",
-                      "stream=index,codec_type,codec_name,time_base:packet=stream_index,pts,dts,duration,flags",
+                      "stream=index,codec_type,codec_name,time_base,width,height:packet=stream_index,pts,dts,duration,flags",
                       "-of", "json", "-protocol_whitelist", "file", "-f", "mpegts", str(path)], what="ffprobe")
     data = json.loads(out)
     streams = data.get("streams", [])
@@ -200,7 +244,8 @@ def probe_streams(path: Path) -> Streams:
     audio_packets, audio_frame = packets(audio)
     if not video_packets and not audio_packets:
         raise InvalidMedia(f"{path} has no audio or video packets")
-    return Streams(video_packets, audio_packets, audio_frame, video["codec_name"] if video else None)
+    size = (int(video["width"]), int(video["height"])) if video and video.get("width") else None
+    return Streams(video_packets, audio_packets, audio_frame, video["codec_name"] if video else None, size)
 
 
 @dataclass(frozen=True)
@@ -319,6 +364,9 @@ def _describe(output: Path, actual_start: float, actual_end: float, method: str)
 def cut_copy(source: LocalSource, streams: Streams, start_time: float, end_time: float,
              output: Path, scratch: Path) -> CutResult:
     """Stream copy from the keyframe at or before ``start_time`` to the first clean end at or after ``end_time``."""
+    if not source.uniform:
+        raise InvalidMedia("the video's encoding changes at a discontinuity inside the clip: "
+                           "it cannot be stream-copied; cut it in accurate mode")
     timeline = build_timeline(streams, source)
     first, last = select_frames(timeline, start_time, end_time)
     keys = sorted(timeline.pts.index(p.pts) for p in streams.video if p.key)
@@ -428,8 +476,8 @@ def _bitrate(streams: Streams, path: Path, timeline: Timeline) -> int:
 
 
 def _encode_frames(source: Path, streams: Streams, timeline: Timeline, first: int, last: int,
-                   encoder: list[str], out: Path) -> None:
-    """Encode display frames ``first..last`` to MPEG-TS.
+                   encoder: list[str], out: Path, scale_to: tuple[int, int] | None = None) -> None:
+    """Encode display frames ``first..last`` to MPEG-TS, scaled to ``scale_to`` if given.
 
     Only the GOPs holding them are decoded: their packets are copied out by
     timestamp first, which is exact and far cheaper than seeking in MPEG-TS.
@@ -442,8 +490,10 @@ def _encode_frames(source: Path, streams: Streams, timeline: Timeline, first: in
     _select_copy(source, gops, "v", timeline.pts[decode_from] - 1e-4, upper)
     low = timeline.pts[first] - timeline.frame / 2
     high = timeline.pts[last] + timeline.frame / 2
+    scale = f",scale={scale_to[0]}:{scale_to[1]}" if scale_to else ""
     args = _ffmpeg("-copyts", *_local_ts(gops), "-map", "0:v:0",
-                   "-vf", f"select='between(pts*TB\\,{low:.6f}\\,{high:.6f})'", "-fps_mode", "passthrough",
+                   "-vf", f"select='between(pts*TB\\,{low:.6f}\\,{high:.6f})'" + scale,
+                   "-fps_mode", "passthrough",
                    *encoder, "-f", "mpegts", str(out))
     run_ffmpeg(args, what="re-encoding frames")
 
@@ -470,7 +520,7 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
     keys = sorted(timeline.pts.index(p.pts) for p in streams.video if p.key)
     inner = next((k for k in keys if first <= k <= last), None)
     encoder = None
-    if streams.codec == "h264" and inner is not None and splices_cleanly(streams, timeline, inner):
+    if source.uniform and streams.codec == "h264" and inner is not None and splices_cleanly(streams, timeline, inner):
         headers = parameter_sets(source.path, timeline.pts[inner])
         encoder = matching_encoder(headers, streams, timeline)
     bitrate = str(int(_bitrate(streams, source.path, timeline) * 1.5))
@@ -507,7 +557,9 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
         whole = scratch / "whole.ts"
         _encode_frames(source.path, streams, timeline, first, last,
                        ["-c:v", "libx264", "-preset", "veryfast", "-b:v", bitrate, "-maxrate", bitrate,
-                        "-bufsize", bitrate], whole)
+                        "-bufsize", bitrate], whole,
+                       # one picture size for the whole clip when it changes at a discontinuity
+                       scale_to=None if source.uniform else streams.size)
         parts = [(whole, timeline.pts[last] + timeline.frame - timeline.pts[first])]
     audio = None
     low, high = timeline.pts[first], timeline.pts[last] + timeline.frame

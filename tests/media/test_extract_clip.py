@@ -6,9 +6,11 @@ import math
 
 import pytest
 
-from clipqueue.exceptions import ForbiddenSource, SourceNotFound
+from clipqueue.exceptions import ForbiddenSource, InvalidMedia, SourceNotFound
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.sample.frames import read_frame_ids
+
+from tests.mediacheck import assert_playable_mp4
 
 from .conftest import FPS
 
@@ -68,3 +70,58 @@ def test_audio_only_quality_gives_an_audio_clip_of_the_range(tmp_path_factory, o
     assert result.width is None
     assert result.actual_start_time == pytest.approx(4.5, abs=0.03)
     assert result.actual_end_time == pytest.approx(12.0, abs=0.03)
+
+
+@pytest.fixture(scope="module")
+def discontinuous_vods(tmp_path_factory):
+    """Two 20 s VODs stitched with #EXT-X-DISCONTINUITY (timestamps and frame numbers restart at 20 s):
+    ``same.m3u8`` with the same encoding on both sides, ``resized.m3u8`` with a smaller picture after it."""
+    from clipqueue.sample.server import serve_directory
+    from clipqueue.sample.vod import generate_hls_vod
+
+    root = tmp_path_factory.mktemp("discontinuity")
+    generate_hls_vod(root / "a", duration=20, variants=(("360p", 640, 360, 800_000),), fps=FPS)
+    generate_hls_vod(root / "b", duration=20, variants=(("360p", 640, 360, 800_000),), fps=FPS)
+    generate_hls_vod(root / "c", duration=20, variants=(("360p", 480, 270, 600_000),), fps=FPS)
+    for name, second in (("same", "b"), ("resized", "c")):
+        lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:10", "#EXT-X-PLAYLIST-TYPE:VOD"]
+        lines += ["#EXTINF:10.000000,", "a/360p/0.ts", "#EXTINF:10.000000,", "a/360p/1.ts", "#EXT-X-DISCONTINUITY"]
+        lines += ["#EXTINF:10.000000,", f"{second}/360p/0.ts", "#EXTINF:10.000000,", f"{second}/360p/1.ts",
+                  "#EXT-X-ENDLIST"]
+        (root / f"{name}.m3u8").write_text("\n".join(lines) + "\n")
+    with serve_directory(root) as server:
+        yield server
+
+
+def test_accurate_clip_across_a_discontinuity_shows_both_sides_in_order(discontinuous_vods, options, tmp_path):
+    result = extract_clip(ClipRequest(f"{discontinuous_vods.url}/same.m3u8", 17.5, 23.0), tmp_path, options)
+    shown = read_frame_ids(result.path)
+    expected = list(range(round(17.5 * FPS), 20 * FPS)) + list(range(0, 3 * FPS))
+    assert shown == expected
+    assert read_frame_ids(result.path, ignore_editlist=True) == shown
+    assert result.actual_start_time == pytest.approx(17.5, abs=1 / FPS)
+    assert result.duration == pytest.approx(5.5, abs=1 / FPS)
+    assert_playable_mp4(result.path, 5.5, tolerance=0.1)
+
+
+def test_copy_clip_across_a_discontinuity_keeps_the_frames_on_each_side(discontinuous_vods, options, tmp_path):
+    result = extract_clip(ClipRequest(f"{discontinuous_vods.url}/same.m3u8", 17.5, 23.0, mode="copy"), tmp_path, options)
+    shown = read_frame_ids(result.path)
+    boundary = shown.index(0)
+    assert shown[:boundary] == list(range(16 * FPS, 20 * FPS))  # from the keyframe at 16 s
+    assert shown[boundary:] == list(range(0, len(shown) - boundary))
+    assert len(shown) - boundary >= 3 * FPS
+    assert result.actual_start_time == pytest.approx(16.0)
+
+
+def test_clip_across_a_discontinuity_where_the_encoding_changes(discontinuous_vods, options, tmp_path):
+    url = f"{discontinuous_vods.url}/resized.m3u8"
+    with pytest.raises(InvalidMedia, match="discontinuity"):
+        extract_clip(ClipRequest(url, 17.5, 23.0, mode="copy"), tmp_path, options)
+    result = extract_clip(ClipRequest(url, 17.5, 23.0), tmp_path, options)
+    assert result.method == "reencode"
+    assert (result.width, result.height) == (640, 360)  # one picture size: the clip's first
+    shown = read_frame_ids(result.path)
+    assert len(shown) == round(5.5 * FPS)
+    assert shown[:75] == list(range(round(17.5 * FPS), 20 * FPS))  # the rescaled rest cannot be read back
+    assert_playable_mp4(result.path, 5.5, tolerance=0.1)
