@@ -202,6 +202,7 @@ def extract_options(settings: Settings) -> ExtractOptions:
         max_output_bytes=settings.max_output_bytes,
         live_wait_deadline=settings.live_wait_deadline_seconds,
         live_poll_interval=settings.live_poll_seconds,
+        max_redirects=settings.source_max_redirects,
     )
 
 
