@@ -55,7 +55,7 @@ OUTBOX_SWEEP_SECONDS = 10.0
 OUTBOX_GRACE_SECONDS = 5.0
 
 # Media fetching (clipqueue.media).
-FETCH_CONCURRENCY = 4
+FETCH_CONCURRENCY = 16  # connections per job; segments are split into byte ranges to use them all
 FETCH_RETRIES = 3
 FETCH_TIMEOUT_SECONDS = 15.0
 MAX_SEGMENTS = 40

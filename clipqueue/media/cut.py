@@ -64,6 +64,7 @@ class Packet:
     pts: float  # seconds, file timestamps
     dts: float
     key: bool
+    pos: int = -1  # byte offset in the file where the packet starts, -1 if unknown
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,16 @@ class Streams:
     audio_frame: float  # seconds per audio packet
     codec: str | None
     size: tuple[int, int] | None = None  # of the first video frames
+    tables_end: int = -1  # byte offset of the first packet: before it, MPEG-TS tables (PAT, PMT)
 
 
 def run_ffmpeg(args: list[str], timeout: float = FFMPEG_TIMEOUT_SECONDS, what: str = "ffmpeg") -> str:
     """Run an ffmpeg/ffprobe command, killing it on timeout; return stdout, raise ``InvalidMedia`` on failure."""
+    return _run_logged(args, timeout, what)[0]
+
+
+def _run_logged(args: list[str], timeout: float = FFMPEG_TIMEOUT_SECONDS, what: str = "ffmpeg") -> tuple[str, str]:
+    """:func:`run_ffmpeg`, returning stdout and the log (stderr)."""
     with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -86,10 +93,17 @@ def run_ffmpeg(args: list[str], timeout: float = FFMPEG_TIMEOUT_SECONDS, what: s
             proc.kill()
             proc.wait()
             raise
+    log = err.decode(errors="replace")
     if proc.returncode != 0:
-        message = err.decode(errors="replace").strip()[-1500:]
-        raise InvalidMedia(f"{what} failed ({proc.returncode}): {message}")
-    return out.decode(errors="replace")
+        raise InvalidMedia(f"{what} failed ({proc.returncode}): {log.strip()[-1500:]}")
+    return out.decode(errors="replace"), log
+
+
+def _tracing(args: list[str]) -> list[str]:
+    """``args`` from :func:`_ffmpeg` logging at info level, where the trace_headers bitstream filter writes."""
+    args = list(args)
+    args[args.index("error")] = "info"
+    return args
 
 
 def _ffmpeg(*args: str) -> list[str]:
@@ -102,6 +116,8 @@ def _local_ts(path: Path) -> list[str]:
 
 
 TS_SYNC_BYTE = 0x47
+TS_PACKET_BYTES = 188
+MAX_TS_TABLES_BYTES = 64 * 1024  # more "tables" than this before the first packet: not a file we understand
 ISO_BMFF_FIRST_BOXES = {b"ftyp", b"styp", b"moof", b"moov", b"sidx", b"emsg", b"prft", b"free"}
 
 
@@ -217,7 +233,7 @@ def fetch_progressive_window(relay_url: str, start_time: float, end_time: float,
 def probe_streams(path: Path) -> Streams:
     """List the packets of the first video and audio stream of ``path``."""
     out = run_ffmpeg(["ffprobe", "-v", "error", "-show_entries",
-                      "stream=index,codec_type,codec_name,time_base,width,height:packet=stream_index,pts,dts,duration,flags",
+                      "stream=index,codec_type,codec_name,time_base,width,height:packet=stream_index,pts,dts,duration,flags,pos",
                       "-of", "json", "-protocol_whitelist", "file", "-f", "mpegts", str(path)], what="ffprobe")
     data = json.loads(out)
     streams = data.get("streams", [])
@@ -235,7 +251,8 @@ def probe_streams(path: Path) -> Streams:
             if "D" in p.get("flags", ""):
                 continue
             dts = p.get("dts", p["pts"])
-            result.append(Packet(p["pts"] * num / den, dts * num / den, p.get("flags", "").startswith("K")))
+            result.append(Packet(p["pts"] * num / den, dts * num / den, p.get("flags", "").startswith("K"),
+                                 int(p.get("pos", -1))))
             if "duration" in p:
                 durations.append(int(p["duration"]) * num / den)
         return result, (sorted(durations)[len(durations) // 2] if durations else 0.0)
@@ -245,7 +262,9 @@ def probe_streams(path: Path) -> Streams:
     if not video_packets and not audio_packets:
         raise InvalidMedia(f"{path} has no audio or video packets")
     size = (int(video["width"]), int(video["height"])) if video and video.get("width") else None
-    return Streams(video_packets, audio_packets, audio_frame, video["codec_name"] if video else None, size)
+    positions = [int(p["pos"]) for p in data.get("packets", []) if int(p.get("pos", -1)) >= 0]
+    return Streams(video_packets, audio_packets, audio_frame, video["codec_name"] if video else None, size,
+                   min(positions, default=-1))
 
 
 @dataclass(frozen=True)
@@ -324,12 +343,15 @@ def splices_cleanly(streams: Streams, timeline: Timeline, key_index: int) -> boo
     return all(p.pts >= key_pts for p in streams.video[start:])
 
 
-def _select_copy(source: Path, out: Path, stream: str, low: float, high: float) -> None:
-    """Copy the packets of ``stream`` ("v" or "a") with file time in ``[low, high]`` to MPEG-TS ``out``."""
-    drop = f"noise=drop='not(between(pts*tb\\,{low:.6f}\\,{high:.6f}))'"
-    run_ffmpeg(_ffmpeg("-copyts", *_local_ts(source), "-map", f"0:{stream}:0", "-c", "copy",
-                       f"-bsf:{stream}", drop, "-muxdelay", "0", "-muxpreload", "0", "-f", "mpegts", str(out)),
-               what="selecting packets")
+def _select_copy(source: Path, out: Path, **ranges: tuple[float, float]) -> None:
+    """Copy, per stream (``v=(low, high)``, ``a=...``), the packets with file time in ``[low, high]`` to MPEG-TS ``out``."""
+    args = _ffmpeg("-copyts", *_local_ts(source))
+    for stream in ranges:
+        args += ["-map", f"0:{stream}:0"]
+    args += ["-c", "copy"]
+    for stream, (low, high) in ranges.items():
+        args += [f"-bsf:{stream}", f"noise=drop='not(between(pts*tb\\,{low:.6f}\\,{high:.6f}))'"]
+    run_ffmpeg(args + ["-muxdelay", "0", "-muxpreload", "0", "-f", "mpegts", str(out)], what="selecting packets")
 
 
 def _audio_range(streams: Streams, low: float, high: float) -> tuple[float, float]:
@@ -339,6 +361,7 @@ def _audio_range(streams: Streams, low: float, high: float) -> tuple[float, floa
 
 
 def _mux(video: Path | None, audio: Path | None, output: Path, video_is_concat: bool = False) -> None:
+    """Write the MP4 ``output`` from a video and an audio file (the same file may hold both)."""
     args = _ffmpeg()
     if video is not None:
         if video_is_concat:
@@ -347,18 +370,19 @@ def _mux(video: Path | None, audio: Path | None, output: Path, video_is_concat: 
                      "-format_whitelist", "concat,mpegts", "-i", str(video)]
         else:
             args += _local_ts(video)
-    if audio is not None:
+    separate_audio = audio is not None and audio != video
+    if separate_audio:
         args += _local_ts(audio)
     args += ["-map", "0:v:0"] if video is not None else []
-    args += ["-map", f"{1 if video is not None else 0}:a:0"] if audio is not None else []
+    args += ["-map", f"{1 if video is not None and separate_audio else 0}:a:0"] if audio is not None else []
     args += ["-c", "copy", "-movflags", MP4_FLAGS, "-use_editlist", "0", "-f", "mp4", str(output)]
     run_ffmpeg(args, what="writing the clip")
 
 
-def _describe(output: Path, actual_start: float, actual_end: float, method: str) -> CutResult:
-    info = probe_media(output)
+def _describe(output: Path, streams: Streams, actual_start: float, actual_end: float, method: str) -> CutResult:
+    width, height = streams.size or (None, None)
     return CutResult(round(actual_start, 6), round(actual_end, 6), round(actual_end - actual_start, 6),
-                     info.width, info.height, output.stat().st_size, method)
+                     width, height, output.stat().st_size, method)
 
 
 def cut_copy(source: LocalSource, streams: Streams, start_time: float, end_time: float,
@@ -376,33 +400,30 @@ def cut_copy(source: LocalSource, streams: Streams, start_time: float, end_time:
     key = at_or_before[-1]
     end = closed_end(streams, timeline, key, last)
     low, high = timeline.pts[key], timeline.pts[end]
-    video = scratch / "copy-video.ts"
-    _select_copy(source.path, video, "v", low - 1e-4, high + 1e-4)
-    audio = None
+    selected = scratch / "copy.ts"
+    ranges = {"v": (low - 1e-4, high + 1e-4)}
     if streams.audio:
-        audio = scratch / "copy-audio.ts"
-        _select_copy(source.path, audio, "a", *_audio_range(streams, low, high + timeline.frame))
-    _mux(video, audio, output)
-    return _describe(output, timeline.vod(low), timeline.vod(high) + timeline.frame, "copy")
+        ranges["a"] = _audio_range(streams, low, high + timeline.frame)
+    _select_copy(source.path, selected, **ranges)
+    _mux(selected, selected if streams.audio else None, output)
+    return _describe(output, streams, timeline.vod(low), timeline.vod(high) + timeline.frame, "copy")
 
 
 def parameter_sets(path: Path, at: float | None = None) -> dict[str, dict[str, int]]:
     """Return the fields of the first H.264 SPS and PPS of ``path`` (from FFmpeg's trace_headers)."""
-    args = _ffmpeg()
-    args[args.index("error")] = "info"  # trace_headers logs at info level
+    args = _tracing(_ffmpeg())
     if at is not None:
         args += ["-copyts", "-seek_timestamp", "1", "-ss", f"{at:.6f}"]
     args += [*_local_ts(path), "-map", "0:v:0", "-frames:v", "1", "-c", "copy", "-bsf:v", "trace_headers",
              "-f", "null", "-"]
-    with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
-        try:
-            _, err = proc.communicate(timeout=FFMPEG_TIMEOUT_SECONDS)
-        except BaseException:
-            proc.kill()
-            raise
+    return _parse_parameter_sets(_run_logged(args, what="reading H.264 headers")[1])
+
+
+def _parse_parameter_sets(log: str) -> dict[str, dict[str, int]]:
+    """The fields of the first SPS and PPS in an FFmpeg log holding trace_headers output."""
     sets: dict[str, dict[str, int]] = {}
     current: dict[str, int] | None = None
-    for line in err.decode(errors="replace").splitlines():
+    for line in log.splitlines():
         if "[trace_headers" not in line:
             continue
         text = line.split("]", 1)[1].strip()
@@ -476,8 +497,9 @@ def _bitrate(streams: Streams, path: Path, timeline: Timeline) -> int:
 
 
 def _encode_frames(source: Path, streams: Streams, timeline: Timeline, first: int, last: int,
-                   encoder: list[str], out: Path, scale_to: tuple[int, int] | None = None) -> None:
-    """Encode display frames ``first..last`` to MPEG-TS, scaled to ``scale_to`` if given.
+                   encoder: list[str], out: Path, scale_to: tuple[int, int] | None = None) -> dict[str, dict[str, int]]:
+    """Encode display frames ``first..last`` to MPEG-TS, scaled to ``scale_to`` if given; return the
+    output's parameter sets (as :func:`parameter_sets`).
 
     Only the GOPs holding them are decoded: their packets are copied out by
     timestamp first, which is exact and far cheaper than seeking in MPEG-TS.
@@ -486,16 +508,44 @@ def _encode_frames(source: Path, streams: Streams, timeline: Timeline, first: in
     decode_from = max((k for k in keys if k <= first), default=0)
     decode_to = min((k for k in keys if k > last), default=None)
     gops = out.with_suffix(".gops.ts")
-    upper = timeline.pts[decode_to] - 1e-4 if decode_to is not None else timeline.pts[-1] + 1e-4
-    _select_copy(source, gops, "v", timeline.pts[decode_from] - 1e-4, upper)
+    if not _copy_gop_bytes(source, streams, timeline.pts[decode_from],
+                           timeline.pts[decode_to] if decode_to is not None else None, gops):
+        upper = timeline.pts[decode_to] - 1e-4 if decode_to is not None else timeline.pts[-1] + 1e-4
+        _select_copy(source, gops, v=(timeline.pts[decode_from] - 1e-4, upper))
     low = timeline.pts[first] - timeline.frame / 2
     high = timeline.pts[last] + timeline.frame / 2
     scale = f",scale={scale_to[0]}:{scale_to[1]}" if scale_to else ""
-    args = _ffmpeg("-copyts", *_local_ts(gops), "-map", "0:v:0",
+    args = _tracing(_ffmpeg("-copyts", *_local_ts(gops), "-map", "0:v:0",
                    "-vf", f"select='between(pts*TB\\,{low:.6f}\\,{high:.6f})'" + scale,
                    "-fps_mode", "passthrough",
-                   *encoder, "-f", "mpegts", str(out))
-    run_ffmpeg(args, what="re-encoding frames")
+                   *encoder, "-bsf:v", "trace_headers", "-f", "mpegts", str(out)))
+    return _parse_parameter_sets(_run_logged(args, what="re-encoding frames")[1])
+
+
+def _copy_gop_bytes(source: Path, streams: Streams, key_pts: float, next_key_pts: float | None, out: Path) -> bool:
+    """Copy the bytes of the GOPs from keyframe ``key_pts`` to keyframe ``next_key_pts`` (or the end) of the
+    MPEG-TS ``source`` into ``out``, behind the file's tables; False if the packet positions do not allow it.
+
+    MPEG-TS stores packets in decode order, so that byte range holds every video packet
+    of those GOPs: reading it instead of the whole file saves a pass over the source.
+    """
+    positions = {p.pts: p.pos for p in streams.video}
+    first = positions.get(key_pts, -1)
+    last = positions.get(next_key_pts, -1) if next_key_pts is not None else source.stat().st_size
+    if not 0 <= streams.tables_end <= MAX_TS_TABLES_BYTES or first < streams.tables_end or last <= first \
+            or first % TS_PACKET_BYTES or last % TS_PACKET_BYTES or streams.tables_end % TS_PACKET_BYTES:
+        return False
+    with open(source, "rb") as src, open(out, "wb") as dst:
+        dst.write(src.read(streams.tables_end))
+        src.seek(first)
+        remaining = last - first
+        while remaining:
+            chunk = src.read(min(remaining, 1024 * 1024))
+            if not chunk:
+                break
+            dst.write(chunk)
+            remaining -= len(chunk)
+    return True
 
 
 def _concat(parts: list[tuple[Path, float]], scratch: Path) -> Path:
@@ -526,6 +576,8 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
     bitrate = str(int(_bitrate(streams, source.path, timeline) * 1.5))
     parts: list[tuple[Path, float]] = []
     method = "smart_cut"
+    low, high = timeline.pts[first], timeline.pts[last] + timeline.frame
+    audio = scratch / "accurate-audio.ts" if streams.audio else None
     if encoder is not None:
         encoder = encoder + ["-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate]
         copy_end = max((p for p in closed_points(streams, timeline, inner) if p <= last), default=None)
@@ -536,21 +588,29 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
         head, body, tail = scratch / "head.ts", scratch / "body.ts", scratch / "tail.ts"
         after = copy_end + 1 if copy_end + 1 < len(timeline.pts) else None
         body_end = timeline.pts[after] if after is not None else timeline.pts[copy_end] + timeline.frame
+
+        def encode_matching(first_frame: int, last_frame: int, out: Path) -> bool:
+            return _encode_frames(source.path, streams, timeline, first_frame, last_frame, encoder, out) == headers
+
         with ThreadPoolExecutor(max_workers=3) as pool:
-            jobs = [pool.submit(_select_copy, source.path, body, "v", timeline.pts[inner] - 1e-4,
-                                timeline.pts[copy_end] + 1e-4)]
+            copies = [pool.submit(_select_copy, source.path, body, v=(timeline.pts[inner] - 1e-4,
+                                                                      timeline.pts[copy_end] + 1e-4))]
+            encodes = []
             if first < inner:
-                jobs.append(pool.submit(_encode_frames, source.path, streams, timeline, first, inner - 1, encoder, head))
+                encodes.append(pool.submit(encode_matching, first, inner - 1, head))
             if copy_end < last:
-                jobs.append(pool.submit(_encode_frames, source.path, streams, timeline, copy_end + 1, last, encoder, tail))
-            for job in jobs:
+                encodes.append(pool.submit(encode_matching, copy_end + 1, last, tail))
+            if streams.audio:
+                copies.append(pool.submit(_select_copy, source.path, audio, a=_audio_range(streams, low, high)))
+            for job in copies:
                 job.result()
+            matching = all([job.result() for job in encodes])
         if first < inner:
             parts.append((head, timeline.pts[inner] - timeline.pts[first]))
         parts.append((body, body_end - timeline.pts[inner]))
         if copy_end < last:
             parts.append((tail, timeline.pts[last] + timeline.frame - timeline.pts[copy_end + 1]))
-        if any(parameter_sets(path) != headers for path in (head, tail) if path.exists()):
+        if not matching:
             encoder = None  # a decoder would meet other headers mid-file: not a safe splice
     if encoder is None:
         method = "reencode"
@@ -561,13 +621,10 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
                        # one picture size for the whole clip when it changes at a discontinuity
                        scale_to=None if source.uniform else streams.size)
         parts = [(whole, timeline.pts[last] + timeline.frame - timeline.pts[first])]
-    audio = None
-    low, high = timeline.pts[first], timeline.pts[last] + timeline.frame
-    if streams.audio:
-        audio = scratch / "accurate-audio.ts"
-        _select_copy(source.path, audio, "a", *_audio_range(streams, low, high))
+    if streams.audio and not audio.exists():
+        _select_copy(source.path, audio, a=_audio_range(streams, low, high))
     _mux(_concat(parts, scratch), audio, output, video_is_concat=True)
-    return _describe(output, timeline.vod(low), timeline.vod(high), method)
+    return _describe(output, streams, timeline.vod(low), timeline.vod(high), method)
 
 
 def cut_audio(source: LocalSource, streams: Streams, start_time: float, end_time: float,
@@ -580,9 +637,9 @@ def cut_audio(source: LocalSource, streams: Streams, start_time: float, end_time
     if not chosen:
         raise RangeNotInVod(f"no audio of the fetched media lies in {start_time:.3f}-{end_time:.3f}s")
     audio = scratch / "audio-only.ts"
-    _select_copy(source.path, audio, "a", low, high)
+    _select_copy(source.path, audio, a=(low, high))
     _mux(None, audio, output)
-    return _describe(output, timeline.vod(min(chosen)), timeline.vod(max(chosen)) + streams.audio_frame, "copy")
+    return _describe(output, streams, timeline.vod(min(chosen)), timeline.vod(max(chosen)) + streams.audio_frame, "copy")
 
 
 def cut_clip(source: LocalSource, start_time: float, end_time: float, mode: str, output: Path, scratch: Path,

@@ -162,10 +162,13 @@ class Fetcher:
 
         return self._with_retries(fetch)
 
-    def _download_range(self, url: str, path: Path, file_offset: int, first: int | None, last: int | None) -> int | None:
+    def _download_range(self, url: str, path: Path, file_offset: int, first: int | None, last: int | None,
+                        on_total: Callable[[int], None] | None = None) -> int | None:
         """Write bytes ``first..last`` of ``url`` at ``file_offset`` in ``path``; return the resource's total size if known.
 
-        Raises ``SourceUnavailable`` on a short or broken body so the caller retries.
+        ``on_total(size)`` is called as soon as the headers tell the size, before
+        the body is read. Raises ``SourceUnavailable`` on a short or broken body
+        so the caller retries.
         """
         headers = None
         if first is not None:
@@ -179,6 +182,9 @@ class Fetcher:
                 total = int(total_text) if total_text.isdigit() else None
             elif first:
                 raise SourceRejected(f"{url} ignored a byte range request")
+            if total is not None and on_total is not None:
+                on_total(total)
+                on_total = None
             expected = response.headers.get("Content-Length")
             expected = int(expected) if expected and expected.isdigit() else None
             if expected is not None and self._bytes + expected > self.max_bytes:
@@ -259,10 +265,18 @@ class Fetcher:
                     offset, length = segment.byterange
                     self._with_retries(lambda: self._download_range(segment.url, path, 0, offset, offset + length - 1))
                 elif split:
-                    first_size = max(RANGE_PART_MIN_BYTES, 1)
-                    size = self._with_retries(lambda: self._download_range(segment.url, path, 0, 0, first_size - 1))
-                    if size is not None and size > first_size:
-                        fetch_rest(segment.url, path, 0, size, first_size)
+                    # The first part's headers tell the size: the rest is spread over idle
+                    # connections while this one still reads (once, whatever the retries).
+                    first_size = RANGE_PART_MIN_BYTES
+                    scheduled = []
+
+                    def schedule_rest(size: int) -> None:
+                        if not scheduled and size > first_size:
+                            scheduled.append(size)
+                            fetch_rest(segment.url, path, 0, size, first_size)
+
+                    self._with_retries(lambda: self._download_range(segment.url, path, 0, 0, first_size - 1,
+                                                                    schedule_rest))
                 else:
                     self._with_retries(lambda: self._download_range(segment.url, path, 0, None, None))
                 report()
