@@ -14,16 +14,22 @@ THUMBNAIL_WIDTH = 480
 THUMBNAIL_TIMEOUT_SECONDS = 60
 
 
-def make_thumbnail(video: Path, out: Path, at: float | None = None) -> Path:
-    """Write a JPEG of the frame at ``at`` seconds (default: a third of the way in) and return ``out``."""
-    info = probe_media(video)
-    if info.width is None:
-        raise InvalidMedia(f"{video} has no video stream to take a thumbnail from")
+def make_thumbnail(video: Path, out: Path, at: float | None = None, duration: float | None = None) -> Path:
+    """Write a JPEG of the keyframe at or before ``at`` seconds (default: a third of the way in) and return ``out``.
+
+    A keyframe is decoded on its own, so the thumbnail costs one frame's decode, not a GOP's. Pass the clip's ``duration`` when known (``ExtractResult.duration``) to save probing the file.
+    """
+    if duration is None:
+        info = probe_media(video)
+        if info.width is None:
+            raise InvalidMedia(f"{video} has no video stream to take a thumbnail from")
+        duration = info.duration
     if at is None:
-        at = info.duration / 3
-    at = max(0.0, min(at, max(0.0, info.duration - 0.1)))
+        at = duration / 3
+    at = max(0.0, min(at, max(0.0, duration - 0.1)))
     args = (
-        ffmpeg.input(str(video), ss=at, protocol_whitelist="file", format_whitelist=MP4_FORMATS)
+        ffmpeg.input(str(video), ss=at, noaccurate_seek=None, skip_frame="nokey", protocol_whitelist="file",
+                     format_whitelist=MP4_FORMATS)
         .filter("scale", f"min({THUMBNAIL_WIDTH},iw)", -2)
         .output(str(out), vframes=1, format="image2", vcodec="mjpeg", **{"q:v": 3})
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
