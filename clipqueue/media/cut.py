@@ -44,6 +44,9 @@ class LocalSource:
     # False when the video's parameter sets change inside the file (at a discontinuity):
     # its packets cannot be spliced or copied into one MP4 track.
     uniform: bool = True
+    # True when the file is separately muxed runs joined end to end (after discontinuities): byte
+    # ranges across runs are not one stream to a demuxer, so packets are selected by timestamp.
+    joined_runs: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ def join_segments(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource
                 shutil.copyfileobj(body, out, 1024 * 1024)
             part_path.unlink()
     return LocalSource(path, first_start, zero_pts=RETIME_BASE_SECONDS,
-                       uniform=all(h == headers[0] for h in headers))
+                       uniform=all(h == headers[0] for h in headers), joined_runs=True)
 
 
 def _join_run(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource:
@@ -416,7 +419,10 @@ def parameter_sets(path: Path, at: float | None = None) -> dict[str, dict[str, i
         args += ["-copyts", "-seek_timestamp", "1", "-ss", f"{at:.6f}"]
     args += [*_local_ts(path), "-map", "0:v:0", "-frames:v", "1", "-c", "copy", "-bsf:v", "trace_headers",
              "-f", "null", "-"]
-    return _parse_parameter_sets(_run_logged(args, what="reading H.264 headers")[1])
+    try:
+        return _parse_parameter_sets(_run_logged(args, what="reading H.264 headers")[1])
+    except InvalidMedia:
+        return {}  # no headers to match: the caller re-encodes rather than splices
 
 
 def _parse_parameter_sets(log: str) -> dict[str, dict[str, int]]:
@@ -496,7 +502,7 @@ def _bitrate(streams: Streams, path: Path, timeline: Timeline) -> int:
     return int(path.stat().st_size * 8 / seconds)
 
 
-def _encode_frames(source: Path, streams: Streams, timeline: Timeline, first: int, last: int,
+def _encode_frames(source: LocalSource, streams: Streams, timeline: Timeline, first: int, last: int,
                    encoder: list[str], out: Path, scale_to: tuple[int, int] | None = None) -> dict[str, dict[str, int]]:
     """Encode display frames ``first..last`` to MPEG-TS, scaled to ``scale_to`` if given; return the
     output's parameter sets (as :func:`parameter_sets`).
@@ -508,10 +514,10 @@ def _encode_frames(source: Path, streams: Streams, timeline: Timeline, first: in
     decode_from = max((k for k in keys if k <= first), default=0)
     decode_to = min((k for k in keys if k > last), default=None)
     gops = out.with_suffix(".gops.ts")
-    if not _copy_gop_bytes(source, streams, timeline.pts[decode_from],
-                           timeline.pts[decode_to] if decode_to is not None else None, gops):
+    if source.joined_runs or not _copy_gop_bytes(source.path, streams, timeline.pts[decode_from],
+                                                  timeline.pts[decode_to] if decode_to is not None else None, gops):
         upper = timeline.pts[decode_to] - 1e-4 if decode_to is not None else timeline.pts[-1] + 1e-4
-        _select_copy(source, gops, v=(timeline.pts[decode_from] - 1e-4, upper))
+        _select_copy(source.path, gops, v=(timeline.pts[decode_from] - 1e-4, upper))
     low = timeline.pts[first] - timeline.frame / 2
     high = timeline.pts[last] + timeline.frame / 2
     scale = f",scale={scale_to[0]}:{scale_to[1]}" if scale_to else ""
@@ -532,6 +538,12 @@ def _copy_gop_bytes(source: Path, streams: Streams, key_pts: float, next_key_pts
     positions = {p.pts: p.pos for p in streams.video}
     first = positions.get(key_pts, -1)
     last = positions.get(next_key_pts, -1) if next_key_pts is not None else source.stat().st_size
+    return _copy_byte_range(source, streams, first, last, out)
+
+
+def _copy_byte_range(source: Path, streams: Streams, first: int, last: int, out: Path) -> bool:
+    """Copy bytes ``first..last-1`` of the MPEG-TS ``source`` into ``out`` behind the file's tables;
+    False (nothing written) unless both are packet boundaries after the tables."""
     if not 0 <= streams.tables_end <= MAX_TS_TABLES_BYTES or first < streams.tables_end or last <= first \
             or first % TS_PACKET_BYTES or last % TS_PACKET_BYTES or streams.tables_end % TS_PACKET_BYTES:
         return False
@@ -557,13 +569,26 @@ def _concat(parts: list[tuple[Path, float]], scratch: Path) -> Path:
     return listing
 
 
+def _headers_at_key(source: Path, streams: Streams, key_pts: float, scratch: Path) -> dict[str, dict[str, int]]:
+    """:func:`parameter_sets` of the keyframe at ``key_pts``, read from that one packet's bytes when possible."""
+    index = next(i for i, p in enumerate(streams.video) if p.pts == key_pts)
+    end = streams.video[index + 1].pos if index + 1 < len(streams.video) else source.stat().st_size
+    chunk = scratch / "keyframe.ts"
+    if _copy_byte_range(source, streams, streams.video[index].pos, end, chunk):
+        return parameter_sets(chunk)
+    return parameter_sets(source, key_pts)
+
+
 def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_time: float,
-                 output: Path, scratch: Path) -> CutResult:
+                 output: Path, scratch: Path, file_headers: dict[str, dict[str, int]] | None = None) -> CutResult:
     """Cut exactly ``[start_time, end_time)``: re-encode the frames before the first keyframe
     and after the last clean copy point, stream copy the rest ("smart cut").
 
     Falls back to re-encoding the whole clip when the source cannot be spliced
     safely (not H.264, open GOPs, headers an x264 encode cannot reproduce).
+    ``file_headers`` (:func:`parameter_sets` of the file's start, read while it
+    was probed) chooses the encoder early; the copied part's own are then checked
+    beside the encodes.
     """
     timeline = build_timeline(streams, source)
     first, last = select_frames(timeline, start_time, end_time)
@@ -571,7 +596,7 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
     inner = next((k for k in keys if first <= k <= last), None)
     encoder = None
     if source.uniform and streams.codec == "h264" and inner is not None and splices_cleanly(streams, timeline, inner):
-        headers = parameter_sets(source.path, timeline.pts[inner])
+        headers = file_headers or _headers_at_key(source.path, streams, timeline.pts[inner], scratch)
         encoder = matching_encoder(headers, streams, timeline)
     bitrate = str(int(_bitrate(streams, source.path, timeline) * 1.5))
     parts: list[tuple[Path, float]] = []
@@ -590,7 +615,7 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
         body_end = timeline.pts[after] if after is not None else timeline.pts[copy_end] + timeline.frame
 
         def encode_matching(first_frame: int, last_frame: int, out: Path) -> bool:
-            return _encode_frames(source.path, streams, timeline, first_frame, last_frame, encoder, out) == headers
+            return _encode_frames(source, streams, timeline, first_frame, last_frame, encoder, out) == headers
 
         with ThreadPoolExecutor(max_workers=3) as pool:
             copies = [pool.submit(_select_copy, source.path, body, v=(timeline.pts[inner] - 1e-4,
@@ -600,6 +625,9 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
                 encodes.append(pool.submit(encode_matching, first, inner - 1, head))
             if copy_end < last:
                 encodes.append(pool.submit(encode_matching, copy_end + 1, last, tail))
+            if file_headers:
+                encodes.append(pool.submit(lambda: _headers_at_key(source.path, streams, timeline.pts[inner],
+                                                                   scratch) == headers))
             if streams.audio:
                 copies.append(pool.submit(_select_copy, source.path, audio, a=_audio_range(streams, low, high)))
             for job in copies:
@@ -615,7 +643,7 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
     if encoder is None:
         method = "reencode"
         whole = scratch / "whole.ts"
-        _encode_frames(source.path, streams, timeline, first, last,
+        _encode_frames(source, streams, timeline, first, last,
                        ["-c:v", "libx264", "-preset", "veryfast", "-b:v", bitrate, "-maxrate", bitrate,
                         "-bufsize", bitrate], whole,
                        # one picture size for the whole clip when it changes at a discontinuity
@@ -649,11 +677,19 @@ def cut_clip(source: LocalSource, start_time: float, end_time: float, mode: str,
     ``mode`` is "accurate" (frame-exact, smart cut) or "copy" (stream copy from
     the keyframe at or before the start).
     """
-    streams = probe_streams(source.path)
+    if mode == "copy":
+        streams = probe_streams(source.path)
+        file_headers = None
+    else:
+        # An accurate cut needs the H.264 headers too: read them while the file is probed.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            headers_job = pool.submit(parameter_sets, source.path)
+            streams = probe_streams(source.path)
+            file_headers = headers_job.result() if streams.video else None
     if on_progress:
         on_progress(10)
     if not streams.video:
         return cut_audio(source, streams, start_time, end_time, output, scratch)
     if mode == "copy":
         return cut_copy(source, streams, start_time, end_time, output, scratch)
-    return cut_accurate(source, streams, start_time, end_time, output, scratch)
+    return cut_accurate(source, streams, start_time, end_time, output, scratch, file_headers)
