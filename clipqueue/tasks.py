@@ -54,7 +54,7 @@ class StoredClip(TypedDict):
     """What ``process_clip`` hands to ``finalize_clip``: no local paths."""
 
     video_url: str
-    thumbnail_url: str
+    thumbnail_url: str | None
     quality_used: str
     duration: float
     actual_start_time: float
@@ -170,11 +170,14 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store) -> S
         workdir = Path(tmp)
         result = extract_clip(request, workdir, extract_options(settings), on_stage)
         store.update(clip_id, stage="thumbnail", progress=85)
-        thumbnail = make_thumbnail(result.path, workdir / "thumbnail.jpg")
+        # An audio-only clip has no picture to show.
+        thumbnail = None
+        if result.width is not None:
+            thumbnail = make_thumbnail(result.path, workdir / "thumbnail.jpg", duration=result.duration)
         store.update(clip_id, stage="uploading", progress=90)
         storage = storage_from_settings(settings)
         video_url = storage.put_file(result.path, object_key(clip_id, ".mp4"))
-        thumbnail_url = storage.put_file(thumbnail, object_key(clip_id, ".jpg"))
+        thumbnail_url = storage.put_file(thumbnail, object_key(clip_id, ".jpg")) if thumbnail else None
     jlog.info("stored %s (%d bytes, %s)", video_url, result.size_bytes, result.method)
     return StoredClip(
         video_url=video_url,

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from clipqueue.keys import DEAD_LETTER_QUEUE
-from tests.mediacheck import assert_jpeg, assert_playable_mp4
+from tests.mediacheck import assert_jpeg, assert_playable_mp4, ffprobe
 from tests.services import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -139,3 +139,39 @@ def test_clip_created_while_redis_is_down_is_queued_when_it_returns(service_fact
     finally:
         service.stop()
         private.stop()
+
+
+def _master_with_audio_only(vod_dir: Path) -> str:
+    """Add a Twitch-style audio_only rendition to the test VOD; return the new master's path."""
+    import subprocess
+
+    hls = vod_dir / "hls"
+    if not (hls / "master-audio.m3u8").exists():
+        (hls / "audio_only").mkdir(exist_ok=True)
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", "-i", str(hls / "160p" / "index.m3u8"), "-vn", "-c:a", "copy",
+             "-f", "hls", "-hls_time", "10", "-hls_playlist_type", "vod",
+             "-hls_segment_filename", str(hls / "audio_only" / "%d.ts"), str(hls / "audio_only" / "index.m3u8")],
+            check=True, timeout=120,
+        )
+        master = (hls / "master.m3u8").read_text().rstrip("\n")
+        (hls / "master-audio.m3u8").write_text(
+            master + '\n#EXT-X-STREAM-INF:BANDWIDTH=160000,CODECS="mp4a.40.2",VIDEO="audio_only"\n'
+            "audio_only/index.m3u8\n"
+        )
+    return "/hls/master-audio.m3u8"
+
+
+def test_audio_only_clip_becomes_ready_without_a_thumbnail(service_factory, vod_dir, vod_server, tmp_path):
+    service = service_factory()
+    service.start_worker()
+    url = vod_server.url + _master_with_audio_only(vod_dir)
+    clip_id = service.create_clip(vod_url=url, start_time=START, end_time=END,
+                                  quality="audio_only").get_json()["clip_id"]
+    clip = service.wait_for_clip(clip_id)
+    assert clip["status"] == "ready", clip
+    assert clip["quality_used"] == "audio_only"
+    assert clip["thumbnail_url"] is None and clip["width"] is None
+    info = ffprobe(fetch_stored(service, clip["video_url"], tmp_path / "audio.mp4"))
+    assert [s["codec_type"] for s in info["streams"]] == ["audio"]
+    assert abs(float(info["format"]["duration"]) - (END - START)) < 0.1
