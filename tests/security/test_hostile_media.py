@@ -184,7 +184,7 @@ def test_progressive_source_cannot_redirect_ffmpeg_after_the_check(tmp_path):
             CountingServer("127.0.0.2", name="origin") as origin:
         origin.payload = mp4.read_bytes()
         url = f"{origin.url}/switch?to=http://127.0.0.1:{internal.port}/admin"
-        with pytest.raises(ClipqueueError):
+        with pytest.raises(ForbiddenSource):  # the relay's checked fetch refused the hop, and that is what surfaces
             extract_clip(ClipRequest(url, 1, 3, mode="copy"), tmp_path / "work",
                          _options(policy=policy))
         assert internal.connections == 0
@@ -233,3 +233,12 @@ def test_progressive_source_in_a_format_ffmpeg_may_not_open_fails_as_invalid_med
         extract_clip(ClipRequest(f"{source.url}/{name}", 2, 8, mode="copy"), tmp_path, _options())
     assert not (tmp_path / "clip.mp4").exists()
     _assert_nothing_local_in(tmp_path)
+
+
+def test_source_redirects_are_followed_at_most_max_redirects_times(tmp_path):
+    from tests.security.servers import CountingServer
+
+    with CountingServer("127.0.0.1", name="loop") as loop:
+        with pytest.raises(ForbiddenSource, match="more than 2 redirects"):
+            extract_clip(ClipRequest(f"{loop.url}/loop", 1, 3), tmp_path, _options(max_redirects=2))
+        assert len(loop.requests) == 3  # the first request and two redirects
