@@ -343,7 +343,7 @@ def test_operator_inspects_replays_all_and_purges_dead_letters(service_factory, 
 def _ffmpeg_processes_using(folder) -> list[str]:
     import subprocess
 
-    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    listing = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     return [line for line in listing.splitlines() if "ffmpeg" in line and str(folder) in line]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import ffmpeg
 
 from clipqueue.exceptions import InvalidMedia
+from clipqueue.media.cut import dies_with_parent
 from clipqueue.media.probe import MP4_FORMATS, probe_media
 
 THUMBNAIL_WIDTH = 480
@@ -37,7 +38,7 @@ def make_thumbnail(video: Path, out: Path, at: float | None = None, duration: fl
         .compile()
     )
     try:
-        result = subprocess.run(args, capture_output=True, timeout=THUMBNAIL_TIMEOUT_SECONDS)
+        result = subprocess.run(dies_with_parent(args), capture_output=True, timeout=THUMBNAIL_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired as exc:
         raise InvalidMedia(f"thumbnail of {video} took longer than {THUMBNAIL_TIMEOUT_SECONDS}s") from exc
     if result.returncode != 0 or not out.exists() or out.stat().st_size == 0:
