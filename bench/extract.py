@@ -191,8 +191,8 @@ def ensure_vod(vod_dir: Path, duration: float, start: float, end: float) -> None
     marker.write_text("ok\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.extract", description=__doc__)
+def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
+    """The VOD, range, quality, rounds and profiles both benchmarks take."""
     parser.add_argument("--vod-dir", type=Path, default=Path(tempfile.gettempdir()) / "clipqueue-bench-vod")
     parser.add_argument("--duration", type=float, default=3600)
     parser.add_argument("--start", type=float, default=1815.4)
@@ -200,6 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quality", default="1080p")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile", choices=list(PROFILES), action="append")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.extract", description=__doc__)
+    add_clip_arguments(parser)
     args = parser.parse_args(argv)
 
     ensure_vod(args.vod_dir, args.duration, args.start, args.end)

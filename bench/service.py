@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.extract import PROFILES, ensure_vod, tools
+from bench.extract import PROFILES, add_clip_arguments, ensure_vod, tools
 from clipqueue.sample.server import serve_directory
 from tests.services import RedisServer, WorkerProcess
 
@@ -68,14 +68,9 @@ def clip_through_service(client, master: str, start: float, end: float, quality:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__)
-    parser.add_argument("--vod-dir", type=Path, default=Path(tempfile.gettempdir()) / "clipqueue-bench-vod")
-    parser.add_argument("--start", type=float, default=1815.4)
-    parser.add_argument("--end", type=float, default=1845.4)
-    parser.add_argument("--quality", default="1080p")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--profile", choices=list(PROFILES), action="append")
+    add_clip_arguments(parser)
     args = parser.parse_args(argv)
-    ensure_vod(args.vod_dir, 3600, args.start, args.end)
+    ensure_vod(args.vod_dir, args.duration, args.start, args.end)
 
     with tempfile.TemporaryDirectory(prefix="clipqueue-bench-service-") as tmp:
         client, processes = start_service(Path(tmp))
