@@ -134,16 +134,22 @@ def process_clip(self, clip_id: str) -> StoredClip | None:
     db.session.remove()
 
     store = job_store()
-    deliveries = store.count_delivery(clip_id)
-    most = settings.job_max_retries + 1 + settings.max_redeliveries
-    if deliveries > most:
-        deadletter.fail_job(clip_id, f"job started {deliveries - 1} times without finishing; giving up",
-                            "", self.request.retries + 1)
-        return None
     worker = self.request.hostname or worker_name()
     lease = JobLease(get_redis(), clip_id, settings.lease_ttl_seconds, owner=worker)
     if not lease.acquire():
-        jlog.info("job is running elsewhere (lease held); dropping this duplicate delivery")
+        # Another delivery holds the lease. If it lives, this copy finds the clip done
+        # when it comes back; if it died (its pool process was killed), the lease will
+        # have expired and this copy takes the job over without waiting for the janitor.
+        jlog.info("job is running elsewhere (lease held); looking again in %g s", settings.lease_ttl_seconds)
+        self.signature_from_request(countdown=settings.lease_ttl_seconds,
+                                    retries=self.request.retries).apply_async()
+        return None
+    deliveries = store.count_delivery(clip_id)
+    most = settings.job_max_retries + 1 + settings.max_redeliveries
+    if deliveries > most:
+        lease.release()
+        deadletter.fail_job(clip_id, f"job started {deliveries - 1} times without finishing; giving up",
+                            "", self.request.retries + 1)
         return None
     with lease:
         attempt = self.request.retries + 1
