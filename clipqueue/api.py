@@ -15,7 +15,7 @@ from clipqueue.auth import presented_token, token_is_valid
 from clipqueue.exceptions import ValidationError
 from clipqueue.jobs import job_logger, job_store
 from clipqueue.models import Clip, db
-from clipqueue.queue import dead_letter_count, enqueue_job, pending_count, unqueued_clips
+from clipqueue.queue import dead_letter_count, enqueue_job, pending_count, unqueued_count
 from clipqueue.validation import ClipInput, validate_clip_request
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def queue_counts():
     return jsonify({
         "pending": pending_count(),
         "dead_letter": dead_letter_count(),
-        "not_yet_queued": len(unqueued_clips()),
+        "not_yet_queued": unqueued_count(),
     })
 
 

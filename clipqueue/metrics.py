@@ -21,6 +21,7 @@ from clipqueue.api import error_response
 from clipqueue.auth import presented_token, token_is_valid
 from clipqueue.keys import CONTROL_QUEUE, DEAD_LETTER_QUEUE, JOB_QUEUE
 from clipqueue.models import CLIP_STATUSES, Clip, db
+from clipqueue.queue import unqueued_count
 
 metrics_bp = Blueprint("metrics", __name__)
 
@@ -53,12 +54,9 @@ class ClipqueueCollector:
             clips.add_metric([status], counts.get(status, 0))
         yield clips
 
-        unqueued = db.session.execute(
-            sa.select(sa.func.count()).where(Clip.status == "processing", Clip.enqueued_at.is_(None))
-        ).scalar_one()
         yield GaugeMetricFamily("clipqueue_clips_not_yet_queued",
                                 "Clips created while Redis was down, waiting for the outbox sweep",
-                                value=unqueued)
+                                value=unqueued_count())
 
         recent = db.session.execute(
             sa.select(Clip.created_at, Clip.processed_at)

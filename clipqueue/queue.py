@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 
 import redis
+import sqlalchemy as sa
 from celery import Celery
 from flask import current_app
 from kombu.exceptions import OperationalError as BrokerError
@@ -92,6 +93,13 @@ def pending_count() -> int:
 
 def dead_letter_count() -> int:
     return int(get_redis().llen(DEAD_LETTER_QUEUE))
+
+
+def unqueued_count() -> int:
+    """Clips whose job has not reached Redis yet (created while it was down)."""
+    return db.session.execute(
+        sa.select(sa.func.count()).where(Clip.status == STATUS_PROCESSING, Clip.enqueued_at.is_(None))
+    ).scalar_one()
 
 
 def unqueued_clips(limit: int = 500) -> list[Clip]:
