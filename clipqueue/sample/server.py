@@ -211,13 +211,32 @@ class _Server(ThreadingHTTPServer):
         return candidate
 
 
-class StaticServer:
+class BackgroundServer:
+    """An ``http.server`` serving on a daemon thread until ``stop()``; also a context manager."""
+
+    def __init__(self, server, poll_interval: float = 0.5):
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": poll_interval},
+                                        name="sample-http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class StaticServer(BackgroundServer):
     """A running server: ``url``, ``stats``, ``behaviour``; ``stop()`` or use as a context manager."""
 
     def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0, behaviour: Behaviour | None = None):
-        self._server = _Server((host, port), Path(root), behaviour or Behaviour())
-        self._thread = threading.Thread(target=self._server.serve_forever, name="sample-http", daemon=True)
-        self._thread.start()
+        super().__init__(_Server((host, port), Path(root), behaviour or Behaviour()))
         bound_host, bound_port = self._server.server_address[:2]
         self.url = f"http://{bound_host}:{bound_port}"
 
@@ -228,17 +247,6 @@ class StaticServer:
     @property
     def behaviour(self) -> Behaviour:
         return self._server.behaviour
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> "StaticServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def serve_directory(root: Path, host: str = "127.0.0.1", port: int = 0, **behaviour) -> StaticServer:

@@ -8,6 +8,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from clipqueue.sample.server import BackgroundServer
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -78,7 +80,7 @@ class _Server(ThreadingHTTPServer):
         self.switch_hits = 0
 
 
-class CountingServer:
+class CountingServer(BackgroundServer):
     """Serves on ``host:port``; ``requests`` lists (path, Host header) of every request, ``connections`` counts accepts.
 
     ``/redirect?to=URL`` answers 302 to URL, ``/loop`` redirects to itself,
@@ -89,15 +91,13 @@ class CountingServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str = "server",
                  tls: ssl.SSLContext | None = None):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._server = _Server((host, port), family, name)
+        server = _Server((host, port), family, name)
         if tls is not None:
-            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            server.socket = tls.wrap_socket(server.socket, server_side=True)
+        super().__init__(server, poll_interval=0.05)
         self.port = self._server.server_address[1]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{'https' if tls else 'http'}://{shown}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-        self._thread.start()
 
     @property
     def requests(self) -> list[tuple[str, str | None]]:
@@ -117,13 +117,3 @@ class CountingServer:
         with self._server.lock:
             return self._server.connections
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> "CountingServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
