@@ -12,19 +12,22 @@ as a segment, an AVI with an embedded playlist).
 from __future__ import annotations
 
 import bisect
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 import json
+import os
 import shutil
-import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import av
 
 from clipqueue.exceptions import InvalidMedia, RangeNotInVod
 from clipqueue.media.fetch import FetchedSegment
 from clipqueue.media.probe import PROGRESSIVE_FORMATS, probe_media
+from clipqueue.media.process import run_ffmpeg, run_ffmpeg_logged
+from clipqueue.media.thumbnail import keyframe_thumbnail
 
-FFMPEG_TIMEOUT_SECONDS = 300
 RETIME_BASE_SECONDS = 10.0  # where re-timed media starts: keeps early B-frame decode timestamps positive
 PROGRESSIVE_MARGIN_SECONDS = 2.0  # fetched past end_time so B-frames that follow it can be decoded
 MP4_FLAGS = "+faststart+negative_cts_offsets"  # first frame at 0 without an edit list despite B-frames
@@ -60,6 +63,7 @@ class CutResult:
     height: int | None
     size_bytes: int
     method: str
+    thumbnail: Path | None = None  # a JPEG of a frame of the clip, when one was asked for and made
 
 
 @dataclass(frozen=True)
@@ -80,41 +84,6 @@ class Streams:
     codec: str | None
     size: tuple[int, int] | None = None  # of the first video frames
     tables_end: int = -1  # byte offset of the first packet: before it, MPEG-TS tables (PAT, PMT)
-
-
-_SETPRIV = shutil.which("setpriv")
-
-
-def dies_with_parent(args: list[str]) -> list[str]:
-    """``args`` wrapped so the kernel kills ffmpeg when the process that started it dies.
-
-    A hard time limit or a crash SIGKILLs the worker's pool process, which
-    runs no cleanup; without this its ffmpeg would run on as an orphan.
-    """
-    if _SETPRIV is None:
-        return args
-    return [_SETPRIV, "--pdeathsig", "KILL", "--", *args]
-
-
-def run_ffmpeg(args: list[str], timeout: float = FFMPEG_TIMEOUT_SECONDS, what: str = "ffmpeg") -> str:
-    """Run an ffmpeg/ffprobe command, killing it on timeout; return stdout, raise ``InvalidMedia`` on failure."""
-    return _run_logged(args, timeout, what)[0]
-
-
-def _run_logged(args: list[str], timeout: float = FFMPEG_TIMEOUT_SECONDS, what: str = "ffmpeg") -> tuple[str, str]:
-    """:func:`run_ffmpeg`, returning stdout and the log (stderr)."""
-    with subprocess.Popen(dies_with_parent(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-    log = err.decode(errors="replace")
-    if proc.returncode != 0:
-        raise InvalidMedia(f"{what} failed ({proc.returncode}): {log.strip()[-1500:]}")
-    return out.decode(errors="replace"), log
 
 
 def _tracing(args: list[str]) -> list[str]:
@@ -153,6 +122,23 @@ def _check_segment_kind(path: Path, fmp4: bool) -> None:
         raise InvalidMedia(f"a segment of the source is not {kind} (starts with {head[:8]!r})")
 
 
+def _append(path: Path, out) -> None:
+    """Append the file ``path`` to the open file ``out``, copied inside the kernel where it can be."""
+    out.flush()
+    with open(path, "rb") as src:
+        try:
+            offset, size = 0, os.fstat(src.fileno()).st_size
+            while offset < size:
+                sent = os.sendfile(out.fileno(), src.fileno(), offset, size - offset)
+                if sent == 0:
+                    raise InvalidMedia(f"{path} shrank while it was being joined")
+                offset += sent
+        except OSError:  # no sendfile between these files: through Python's buffers
+            out.seek(0, os.SEEK_END)
+            src.seek(offset)
+            shutil.copyfileobj(src, out, 1024 * 1024)
+
+
 def join_segments(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource:
     """Join fetched segments into one MPEG-TS file on the VOD's timeline (fMP4 is remuxed, copying streams).
 
@@ -187,8 +173,7 @@ def join_segments(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource
     path = dest_stem.with_suffix(".ts")
     with open(path, "wb") as out:
         for part_path in retimed_parts:
-            with open(part_path, "rb") as body:
-                shutil.copyfileobj(body, out, 1024 * 1024)
+            _append(part_path, out)
             part_path.unlink()
     return LocalSource(path, first_start, zero_pts=RETIME_BASE_SECONDS,
                        uniform=all(h == headers[0] for h in headers), joined_runs=True)
@@ -205,11 +190,9 @@ def _join_run(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource:
         written_inits: Path | None = None
         for item in fetched:
             if item.init_path is not None and item.init_path != written_inits:
-                with open(item.init_path, "rb") as init:
-                    shutil.copyfileobj(init, out)
+                _append(item.init_path, out)
                 written_inits = item.init_path
-            with open(item.path, "rb") as body:
-                shutil.copyfileobj(body, out, 1024 * 1024)
+            _append(item.path, out)
             item.path.unlink()
     if fetched[0].init_path is None:
         path = joined.replace(dest_stem.with_suffix(".ts"))
@@ -249,40 +232,69 @@ def fetch_progressive_window(relay_url: str, start_time: float, end_time: float,
 
 
 def probe_streams(path: Path) -> Streams:
-    """List the packets of the first video and audio stream of ``path``."""
-    out = run_ffmpeg(["ffprobe", "-v", "error", "-show_entries",
-                      "stream=index,codec_type,codec_name,time_base,width,height:packet=stream_index,pts,dts,duration,flags,pos",
-                      "-of", "json", "-protocol_whitelist", "file", "-f", "mpegts", str(path)], what="ffprobe")
-    data = json.loads(out)
-    streams = data.get("streams", [])
-    video = next((s for s in streams if s["codec_type"] == "video"), None)
-    audio = next((s for s in streams if s["codec_type"] == "audio"), None)
+    """List the packets of the first video and audio stream of the MPEG-TS ``path``.
 
-    def packets(stream) -> tuple[list[Packet], float]:
-        if stream is None:
-            return [], 0.0
-        num, den = (int(x) for x in stream["time_base"].split("/"))
-        result, durations = [], []
-        for p in data.get("packets", []):
-            if p["stream_index"] != stream["index"] or "pts" not in p:
-                continue
-            if "D" in p.get("flags", ""):
-                continue
-            dts = p.get("dts", p["pts"])
-            result.append(Packet(p["pts"] * num / den, dts * num / den, p.get("flags", "").startswith("K"),
-                                 int(p.get("pos", -1))))
-            if "duration" in p:
-                durations.append(int(p["duration"]) * num / den)
-        return result, (sorted(durations)[len(durations) // 2] if durations else 0.0)
+    Demuxed in this process with PyAV (FFmpeg's libraries): listing a clip's
+    packets is cheaper than starting an ffprobe, which a cut would do several
+    times.
+    """
+    try:
+        container = av.open(str(path), format="mpegts", options={"protocol_whitelist": "file"})
+    except av.FFmpegError as exc:
+        raise InvalidMedia(f"cannot read {path}: {exc}") from exc
+    with container:
+        video = next(iter(container.streams.video), None)
+        audio = next(iter(container.streams.audio), None)
+        listed: dict[int, list[Packet]] = {s.index: [] for s in (video, audio) if s is not None}
+        durations: dict[int, list[float]] = {index: [] for index in listed}
+        codec = video.codec_context.name if video else None
+        size = (video.codec_context.width, video.codec_context.height) if video and video.codec_context.width else None
+        first_position = -1
+        try:
+            for packet in container.demux():
+                if packet.pos is not None and packet.pos >= 0 and (first_position < 0 or packet.pos < first_position):
+                    first_position = packet.pos
+                chosen = listed.get(packet.stream.index)
+                if chosen is None or packet.pts is None or packet.is_discard:
+                    continue
+                num, den = packet.stream.time_base.numerator, packet.stream.time_base.denominator
+                dts = packet.dts if packet.dts is not None else packet.pts
+                chosen.append(Packet(packet.pts * num / den, dts * num / den, packet.is_keyframe,
+                                     packet.pos if packet.pos is not None else -1))
+                if packet.duration:
+                    durations[packet.stream.index].append(packet.duration * num / den)
+        except av.FFmpegError as exc:
+            raise InvalidMedia(f"cannot read {path}: {exc}") from exc
+        video_index = video.index if video else None
+        audio_index = audio.index if audio else None
 
-    video_packets, _ = packets(video)
-    audio_packets, audio_frame = packets(audio)
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2] if values else 0.0
+
+    video_packets = listed.get(video_index, [])
+    audio_packets = listed.get(audio_index, [])
     if not video_packets and not audio_packets:
         raise InvalidMedia(f"{path} has no audio or video packets")
-    size = (int(video["width"]), int(video["height"])) if video and video.get("width") else None
-    positions = [int(p["pos"]) for p in data.get("packets", []) if int(p.get("pos", -1)) >= 0]
-    return Streams(video_packets, audio_packets, audio_frame, video["codec_name"] if video else None, size,
-                   min(positions, default=-1))
+    audio_frame = median(durations[audio_index]) if audio_index is not None else 0.0
+    return Streams(video_packets, audio_packets, audio_frame, codec, size, first_position)
+
+
+def join_streams(parts: list[tuple[Streams, int]]) -> Streams:
+    """The packet listing of MPEG-TS files joined end to end, from each file's listing and its byte offset in the join.
+
+    HLS segments hold whole packets, so the join holds the same packets with
+    the same timestamps; only their positions move by the bytes before them.
+    """
+    def moved(packets: list[Packet], offset: int) -> list[Packet]:
+        return [replace(p, pos=p.pos + offset) if p.pos >= 0 else p for p in packets]
+
+    first = parts[0][0]
+    return Streams(
+        video=[p for streams, offset in parts for p in moved(streams.video, offset)],
+        audio=[p for streams, offset in parts for p in moved(streams.audio, offset)],
+        audio_frame=next((streams.audio_frame for streams, _ in parts if streams.audio), 0.0),
+        codec=first.codec, size=first.size, tables_end=first.tables_end,
+    )
 
 
 @dataclass(frozen=True)
@@ -335,15 +347,21 @@ def closed_points(streams: Streams, timeline: Timeline, key_index: int):
     frame shown so far has been decoded and nothing later has: with B-frames
     that is the end of a mini-GOP, not any frame.
     """
+    for _, shown in _closed_packets(streams, timeline, key_index):
+        yield shown
+
+
+def _closed_packets(streams: Streams, timeline: Timeline, key_index: int):
+    """:func:`closed_points` as ``(index in streams.video of the packet that closes it, display index)``."""
     index_of = {pts: i for i, pts in enumerate(timeline.pts)}
     key_pts = timeline.pts[key_index]
     start = next(i for i, p in enumerate(streams.video) if p.pts == key_pts)
     count, highest = 0, key_index
-    for packet in streams.video[start:]:
+    for position in range(start, len(streams.video)):
         count += 1
-        highest = max(highest, index_of[packet.pts])
+        highest = max(highest, index_of[streams.video[position].pts])
         if highest - key_index + 1 == count:
-            yield highest
+            yield position, highest
 
 
 def closed_end(streams: Streams, timeline: Timeline, key_index: int, last: int) -> int:
@@ -363,13 +381,34 @@ def splices_cleanly(streams: Streams, timeline: Timeline, key_index: int) -> boo
 
 def _select_copy(source: Path, out: Path, **ranges: tuple[float, float]) -> None:
     """Copy, per stream (``v=(low, high)``, ``a=...``), the packets with file time in ``[low, high]`` to MPEG-TS ``out``."""
+    _select_copies(source, {out: ranges})
+
+
+def _select_copies(source: Path, outputs: dict[Path, dict[str, tuple[float, float]]],
+                   headers_in: tuple[float, float] | None = None) -> list[tuple[str, dict[str, int]]]:
+    """:func:`_select_copy` into several files in one read of ``source``: ``{out: {"v": (low, high), ...}}``.
+
+    With ``headers_in=(low, high)``, also return every H.264 SPS and PPS of
+    the video packets in that range, read in the same pass (as :func:`_parameter_set_list`).
+    """
+    def keep(low: float, high: float) -> str:
+        return f"noise=drop='not(between(pts*tb\\,{low:.6f}\\,{high:.6f}))'"
+
     args = _ffmpeg("-copyts", *_local_ts(source))
-    for stream in ranges:
-        args += ["-map", f"0:{stream}:0"]
-    args += ["-c", "copy"]
-    for stream, (low, high) in ranges.items():
-        args += [f"-bsf:{stream}", f"noise=drop='not(between(pts*tb\\,{low:.6f}\\,{high:.6f}))'"]
-    run_ffmpeg(args + ["-muxdelay", "0", "-muxpreload", "0", "-f", "mpegts", str(out)], what="selecting packets")
+    for out, ranges in outputs.items():
+        for stream in ranges:
+            args += ["-map", f"0:{stream}:0"]
+        args += ["-c", "copy"]
+        for stream, (low, high) in ranges.items():
+            args += [f"-bsf:{stream}", keep(low, high)]
+        args += ["-muxdelay", "0", "-muxpreload", "0", "-f", "mpegts", str(out)]
+    if headers_in is None:
+        run_ffmpeg(args, what="selecting packets")
+        return []
+    # Only the parameter sets (NAL types 7 and 8) reach trace_headers: its log stays short.
+    args += ["-map", "0:v:0", "-c", "copy", "-bsf:v", f"{keep(*headers_in)},filter_units=pass_types=7|8,trace_headers",
+             "-f", "null", "-"]
+    return _parameter_set_list(run_ffmpeg_logged(_tracing(args), what="selecting packets")[1])
 
 
 def _audio_range(streams: Streams, low: float, high: float) -> tuple[float, float]:
@@ -404,7 +443,7 @@ def _describe(output: Path, streams: Streams, actual_start: float, actual_end: f
 
 
 def cut_copy(source: LocalSource, streams: Streams, start_time: float, end_time: float,
-             output: Path, scratch: Path) -> CutResult:
+             output: Path, scratch: Path, while_muxing: Callable[[], None] | None = None) -> CutResult:
     """Stream copy from the keyframe at or before ``start_time`` to the first clean end at or after ``end_time``."""
     if not source.uniform:
         raise InvalidMedia("the video's encoding changes at a discontinuity inside the clip: "
@@ -423,6 +462,8 @@ def cut_copy(source: LocalSource, streams: Streams, start_time: float, end_time:
     if streams.audio:
         ranges["a"] = _audio_range(streams, low, high + timeline.frame)
     _select_copy(source.path, selected, **ranges)
+    if while_muxing:
+        while_muxing()
     _mux(selected, selected if streams.audio else None, output)
     return _describe(output, streams, timeline.vod(low), timeline.vod(high) + timeline.frame, "copy")
 
@@ -435,7 +476,7 @@ def parameter_sets(path: Path, at: float | None = None) -> dict[str, dict[str, i
     args += [*_local_ts(path), "-map", "0:v:0", "-frames:v", "1", "-c", "copy", "-bsf:v", "trace_headers",
              "-f", "null", "-"]
     try:
-        return _parse_parameter_sets(_run_logged(args, what="reading H.264 headers")[1])
+        return _parse_parameter_sets(run_ffmpeg_logged(args, what="reading H.264 headers")[1])
     except InvalidMedia:
         return {}  # no headers to match: the caller re-encodes rather than splices
 
@@ -443,21 +484,29 @@ def parameter_sets(path: Path, at: float | None = None) -> dict[str, dict[str, i
 def _parse_parameter_sets(log: str) -> dict[str, dict[str, int]]:
     """The fields of the first SPS and PPS in an FFmpeg log holding trace_headers output."""
     sets: dict[str, dict[str, int]] = {}
+    for name, fields in _parameter_set_list(log):
+        sets.setdefault(name, fields)
+    return sets
+
+
+def _parameter_set_list(log: str) -> list[tuple[str, dict[str, int]]]:
+    """Every SPS and PPS in an FFmpeg log holding trace_headers output, in order, as ``("sps" or "pps", fields)``."""
+    found: list[tuple[str, dict[str, int]]] = []
     current: dict[str, int] | None = None
     for line in log.splitlines():
         if "[trace_headers" not in line:
             continue
         text = line.split("]", 1)[1].strip()
         if text in ("Sequence Parameter Set", "Picture Parameter Set"):
-            name = "sps" if text.startswith("Sequence") else "pps"
-            current = sets.setdefault(name, {}) if name not in sets else None
+            current = {}
+            found.append(("sps" if text.startswith("Sequence") else "pps", current))
             continue
         parts = text.split()
         if current is not None and len(parts) >= 4 and parts[-2] == "=" and parts[0].isdigit():
             current[parts[1]] = int(parts[-1])
         elif not (parts and parts[0].isdigit()):
             current = None
-    return sets
+    return found
 
 
 def _gop_shape(streams: Streams) -> tuple[int, int]:
@@ -511,26 +560,31 @@ def matching_encoder(headers: dict[str, dict[str, int]], streams: Streams, timel
     return args
 
 
-def _bitrate(streams: Streams, path: Path, timeline: Timeline) -> int:
-    """Bits per second of the source video, to give re-encoded frames a similar quality."""
+def rate_control(streams: Streams, path: Path, timeline: Timeline) -> list[str]:
+    """Encoder options giving re-encoded frames the source's bitrate, with headroom, so they look alike."""
     seconds = max(timeline.frame, timeline.pts[-1] - timeline.pts[0] + timeline.frame)
-    return int(path.stat().st_size * 8 / seconds)
+    bitrate = str(int(path.stat().st_size * 8 / seconds * 1.5))
+    return ["-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate]
 
 
-def _encode_frames(source: LocalSource, streams: Streams, timeline: Timeline, first: int, last: int,
+def encode_frames(source: LocalSource, streams: Streams, timeline: Timeline, first: int, last: int,
                    encoder: list[str], out: Path, scale_to: tuple[int, int] | None = None) -> dict[str, dict[str, int]]:
     """Encode display frames ``first..last`` to MPEG-TS, scaled to ``scale_to`` if given; return the
     output's parameter sets (as :func:`parameter_sets`).
 
-    Only the GOPs holding them are decoded: their packets are copied out by
-    timestamp first, which is exact and far cheaper than seeking in MPEG-TS.
+    Only the packets they need are decoded: from the keyframe before them to
+    the first point in decode order where every frame up to ``last`` is
+    decoded, copied out by byte range (or by timestamp, whole GOPs), which is
+    exact and far cheaper than seeking in MPEG-TS.
     """
     keys = sorted(timeline.pts.index(p.pts) for p in streams.video if p.key)
     decode_from = max((k for k in keys if k <= first), default=0)
     decode_to = min((k for k in keys if k > last), default=None)
+    closing = next((position for position, shown in _closed_packets(streams, timeline, decode_from) if shown >= last),
+                   None)
+    after = streams.video[closing + 1].pts if closing is not None and closing + 1 < len(streams.video) else None
     gops = out.with_suffix(".gops.ts")
-    if source.joined_runs or not _copy_gop_bytes(source.path, streams, timeline.pts[decode_from],
-                                                  timeline.pts[decode_to] if decode_to is not None else None, gops):
+    if source.joined_runs or not _copy_gop_bytes(source.path, streams, timeline.pts[decode_from], after, gops):
         upper = timeline.pts[decode_to] - 1e-4 if decode_to is not None else timeline.pts[-1] + 1e-4
         _select_copy(source.path, gops, v=(timeline.pts[decode_from] - 1e-4, upper))
     low = timeline.pts[first] - timeline.frame / 2
@@ -540,19 +594,19 @@ def _encode_frames(source: LocalSource, streams: Streams, timeline: Timeline, fi
                    "-vf", f"select='between(pts*TB\\,{low:.6f}\\,{high:.6f})'" + scale,
                    "-fps_mode", "passthrough",
                    *encoder, "-bsf:v", "trace_headers", "-f", "mpegts", str(out)))
-    return _parse_parameter_sets(_run_logged(args, what="re-encoding frames")[1])
+    return _parse_parameter_sets(run_ffmpeg_logged(args, what="re-encoding frames")[1])
 
 
-def _copy_gop_bytes(source: Path, streams: Streams, key_pts: float, next_key_pts: float | None, out: Path) -> bool:
-    """Copy the bytes of the GOPs from keyframe ``key_pts`` to keyframe ``next_key_pts`` (or the end) of the
-    MPEG-TS ``source`` into ``out``, behind the file's tables; False if the packet positions do not allow it.
+def _copy_gop_bytes(source: Path, streams: Streams, key_pts: float, end_pts: float | None, out: Path) -> bool:
+    """Copy the bytes of the video packets from keyframe ``key_pts`` up to the packet ``end_pts`` (or the end)
+    of the MPEG-TS ``source`` into ``out``, behind the file's tables; False if the packet positions do not allow it.
 
     MPEG-TS stores packets in decode order, so that byte range holds every video packet
-    of those GOPs: reading it instead of the whole file saves a pass over the source.
+    between them: reading it instead of the whole file saves a pass over the source.
     """
     positions = {p.pts: p.pos for p in streams.video}
     first = positions.get(key_pts, -1)
-    last = positions.get(next_key_pts, -1) if next_key_pts is not None else source.stat().st_size
+    last = positions.get(end_pts, -1) if end_pts is not None else source.stat().st_size
     return _copy_byte_range(source, streams, first, last, out)
 
 
@@ -595,7 +649,9 @@ def _headers_at_key(source: Path, streams: Streams, key_pts: float, scratch: Pat
 
 
 def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_time: float,
-                 output: Path, scratch: Path, file_headers: dict[str, dict[str, int]] | None = None) -> CutResult:
+                 output: Path, scratch: Path, file_headers: dict[str, dict[str, int]] | None = None,
+                 early_encodes: dict[tuple[float, float], Future] | None = None,
+                 while_muxing: Callable[[], None] | None = None) -> CutResult:
     """Cut exactly ``[start_time, end_time)``: re-encode the frames before the first keyframe
     and after the last clean copy point, stream copy the rest ("smart cut").
 
@@ -603,7 +659,11 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
     safely (not H.264, open GOPs, headers an x264 encode cannot reproduce).
     ``file_headers`` (:func:`parameter_sets` of the file's start, read while it
     was probed) chooses the encoder early; the copied part's own are then checked
-    beside the encodes.
+    beside the encodes. ``early_encodes`` are head or tail encodes started before
+    the whole source was on disk (see :class:`Prepared`), used when they cover
+    exactly the frames needed and their headers match. ``while_muxing`` is
+    called as the final mux starts (as by :func:`cut_copy`): work the MP4 does
+    not need can use the core that the mux leaves idle.
     """
     timeline = build_timeline(streams, source)
     first, last = select_frames(timeline, start_time, end_time)
@@ -613,13 +673,13 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
     if source.uniform and streams.codec == "h264" and inner is not None and splices_cleanly(streams, timeline, inner):
         headers = file_headers or _headers_at_key(source.path, streams, timeline.pts[inner], scratch)
         encoder = matching_encoder(headers, streams, timeline)
-    bitrate = str(int(_bitrate(streams, source.path, timeline) * 1.5))
+    rate = rate_control(streams, source.path, timeline)
     parts: list[tuple[Path, float]] = []
     method = "smart_cut"
     low, high = timeline.pts[first], timeline.pts[last] + timeline.frame
     audio = scratch / "accurate-audio.ts" if streams.audio else None
     if encoder is not None:
-        encoder = encoder + ["-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate]
+        encoder = encoder + rate
         copy_end = max((p for p in closed_points(streams, timeline, inner) if p <= last), default=None)
         if copy_end is None:
             encoder = None
@@ -630,24 +690,30 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
         body_end = timeline.pts[after] if after is not None else timeline.pts[copy_end] + timeline.frame
 
         def encode_matching(first_frame: int, last_frame: int, out: Path) -> bool:
-            return _encode_frames(source, streams, timeline, first_frame, last_frame, encoder, out) == headers
+            early = (early_encodes or {}).get((timeline.pts[first_frame], timeline.pts[last_frame]))
+            made = early.result() if early is not None else None
+            if made is not None and made[1] == headers:
+                made[0].replace(out)
+                return True
+            return encode_frames(source, streams, timeline, first_frame, last_frame, encoder, out) == headers
 
+        body_range = (timeline.pts[inner] - 1e-4, timeline.pts[copy_end] + 1e-4)
+        selections = {body: {"v": body_range}}
+        if streams.audio:
+            selections[audio] = {"a": _audio_range(streams, low, high)}
+        # Room for every job at once: an early encode's job only waits for it.
         with ThreadPoolExecutor(max_workers=3) as pool:
-            copies = [pool.submit(_select_copy, source.path, body, v=(timeline.pts[inner] - 1e-4,
-                                                                      timeline.pts[copy_end] + 1e-4))]
+            # The copied keyframes' own headers are read while copying: each must match the encodes'.
+            body_headers = pool.submit(_select_copies, source.path, selections, headers_in=body_range)
             encodes = []
             if first < inner:
                 encodes.append(pool.submit(encode_matching, first, inner - 1, head))
             if copy_end < last:
                 encodes.append(pool.submit(encode_matching, copy_end + 1, last, tail))
-            if file_headers:
-                encodes.append(pool.submit(lambda: _headers_at_key(source.path, streams, timeline.pts[inner],
-                                                                   scratch) == headers))
-            if streams.audio:
-                copies.append(pool.submit(_select_copy, source.path, audio, a=_audio_range(streams, low, high)))
-            for job in copies:
-                job.result()
+            copied = body_headers.result()
             matching = all([job.result() for job in encodes])
+        # Every header the copied packets carry must be the encodes'; carrying none, the splice is unchecked: re-encode.
+        matching = matching and bool(copied) and all(fields == headers.get(name) for name, fields in copied)
         if first < inner:
             parts.append((head, timeline.pts[inner] - timeline.pts[first]))
         parts.append((body, body_end - timeline.pts[inner]))
@@ -658,14 +724,15 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
     if encoder is None:
         method = "reencode"
         whole = scratch / "whole.ts"
-        _encode_frames(source, streams, timeline, first, last,
-                       ["-c:v", "libx264", "-preset", "veryfast", "-b:v", bitrate, "-maxrate", bitrate,
-                        "-bufsize", bitrate], whole,
+        encode_frames(source, streams, timeline, first, last,
+                       ["-c:v", "libx264", "-preset", "veryfast", *rate], whole,
                        # one picture size for the whole clip when it changes at a discontinuity
                        scale_to=None if source.uniform else streams.size)
         parts = [(whole, timeline.pts[last] + timeline.frame - timeline.pts[first])]
     if streams.audio and not audio.exists():
         _select_copy(source.path, audio, a=_audio_range(streams, low, high))
+    if while_muxing:
+        while_muxing()
     _mux(_concat(parts, scratch), audio, output, video_is_concat=True)
     return _describe(output, streams, timeline.vod(low), timeline.vod(high), method)
 
@@ -685,14 +752,64 @@ def cut_audio(source: LocalSource, streams: Streams, start_time: float, end_time
     return _describe(output, streams, timeline.vod(min(chosen)), timeline.vod(max(chosen)) + streams.audio_frame, "copy")
 
 
+def thumbnail_from_source(source: LocalSource, streams: Streams, start_time: float, end_time: float,
+                          out: Path, scratch: Path) -> Path | None:
+    """Write a JPEG of the source keyframe about a third of the way into ``[start_time, end_time)``.
+
+    Returns ``out``, or None when no keyframe lies in the range or its bytes
+    cannot be cut out of the source (the caller then takes a frame of the
+    finished clip). The clip copies that keyframe (or, before its first
+    keyframe, re-encodes it), so the picture is the clip's own.
+    """
+    if source.joined_runs:
+        return None
+    timeline = build_timeline(streams, source)
+    first, last = select_frames(timeline, start_time, end_time)
+    keys = [timeline.pts.index(p.pts) for p in streams.video if p.key]
+    inside = sorted(k for k in keys if first <= k <= last)
+    if not inside:
+        return None
+    third = first + (last - first + 1) // 3
+    key = max((k for k in inside if k <= third), default=inside[0])
+    index = next(i for i, p in enumerate(streams.video) if p.pts == timeline.pts[key])
+    end = streams.video[index + 1].pos if index + 1 < len(streams.video) else source.path.stat().st_size
+    keyframe = scratch / "thumbnail-keyframe.ts"
+    if not _copy_byte_range(source.path, streams, streams.video[index].pos, end, keyframe):
+        return None
+    try:
+        return keyframe_thumbnail(keyframe, out)
+    except InvalidMedia:
+        return None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What was worked out while the source's segments still downloaded (see :mod:`clipqueue.media.pipeline`).
+
+    ``streams`` is the source's packet listing (None: probe it), ``file_headers``
+    its first H.264 headers; ``encodes`` are re-encoded heads or tails keyed by
+    the timestamps of their first and last frame, each a future of
+    ``(path, parameter sets)`` or of None.
+    """
+
+    streams: Streams | None
+    file_headers: dict[str, dict[str, int]]
+    encodes: dict[tuple[float, float], Future]
+
+
 def cut_clip(source: LocalSource, start_time: float, end_time: float, mode: str, output: Path, scratch: Path,
-             on_progress: Callable[[int], None] | None = None) -> CutResult:
+             on_progress: Callable[[int], None] | None = None, thumbnail: Path | None = None,
+             prepared: Prepared | None = None) -> CutResult:
     """Cut ``[start_time, end_time)`` (VOD seconds) of ``source`` into the MP4 ``output``.
 
     ``mode`` is "accurate" (frame-exact, smart cut) or "copy" (stream copy from
-    the keyframe at or before the start).
+    the keyframe at or before the start). With ``thumbnail``, a JPEG of a frame
+    of the clip is made there beside the cut when the source allows
+    (``CutResult.thumbnail`` says whether it was).
     """
-    if mode == "copy":
+    if prepared is not None:
+        streams, file_headers = prepared.streams or probe_streams(source.path), prepared.file_headers
+    elif mode == "copy":
         streams = probe_streams(source.path)
         file_headers = None
     else:
@@ -705,6 +822,19 @@ def cut_clip(source: LocalSource, start_time: float, end_time: float, mode: str,
         on_progress(10)
     if not streams.video:
         return cut_audio(source, streams, start_time, end_time, output, scratch)
-    if mode == "copy":
-        return cut_copy(source, streams, start_time, end_time, output, scratch)
-    return cut_accurate(source, streams, start_time, end_time, output, scratch, file_headers)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        picture: list[Future] = []
+
+        def make_thumbnail() -> None:
+            # One keyframe's decode beside the final mux, which leaves a core idle.
+            if thumbnail and not picture:
+                picture.append(pool.submit(thumbnail_from_source, source, streams, start_time, end_time,
+                                           thumbnail, scratch))
+
+        if mode == "copy":
+            result = cut_copy(source, streams, start_time, end_time, output, scratch, make_thumbnail)
+        else:
+            result = cut_accurate(source, streams, start_time, end_time, output, scratch, file_headers,
+                                  prepared.encodes if prepared else None, make_thumbnail)
+        make_thumbnail()
+        return replace(result, thumbnail=picture[0].result() if picture else None)

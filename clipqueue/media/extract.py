@@ -6,6 +6,7 @@ Celery, Flask or storage.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from clipqueue import defaults
 from clipqueue.exceptions import ClipqueueError, LiveVodTimeout, RangeNotInVod, SourceRejected
 from clipqueue.media import cut
 from clipqueue.media.fetch import Fetcher, LoopbackRelay
+from clipqueue.media.pipeline import SegmentPipeline
 from clipqueue.media.playlist import (
     QUALITIES,
     MediaPlaylist,
@@ -59,6 +61,7 @@ class ExtractOptions:
     live_wait_deadline: float = defaults.LIVE_WAIT_DEADLINE_SECONDS
     live_poll_interval: float = defaults.LIVE_POLL_SECONDS
     max_redirects: int = defaults.SOURCE_MAX_REDIRECTS
+    thumbnail: bool = False  # also make ``workdir/thumbnail.jpg`` from a frame of the clip, beside the cut
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class ExtractResult:
     muted_ranges: list[tuple[float, float]]
     method: str  # "smart_cut", "reencode" or "copy"
     bytes_fetched: int
+    thumbnail: Path | None = None  # made when asked for and the source allowed; else make it from ``path``
 
 
 def _validate(request: ClipRequest) -> None:
@@ -137,8 +141,10 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
     output = workdir / "clip.mp4"
     stage("fetching", 0)
     try:
-        with Fetcher(options.policy, options.fetch_concurrency, options.fetch_retries,
-                     options.fetch_timeout, options.max_fetch_bytes, options.max_redirects) as fetcher:
+        with contextlib.ExitStack() as stack:
+            fetcher = stack.enter_context(Fetcher(options.policy, options.fetch_concurrency, options.fetch_retries,
+                                                  options.fetch_timeout, options.max_fetch_bytes,
+                                                  options.max_redirects))
             url = request.source_url
             if _is_playlist_url(url) or looks_like_playlist(fetcher.head_bytes(url)):
                 text, url = get_playlist(fetcher, url, options)
@@ -153,11 +159,15 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
                     raise RangeNotInVod(f"no segment of the VOD overlaps {request.start_time}-{request.end_time}")
                 if len(segments) > options.max_segments:
                     raise RangeNotInVod(f"the range needs {len(segments)} segments, more than {options.max_segments}")
+                pipeline = stack.enter_context(SegmentPipeline(segments, request.start_time, request.end_time,
+                                                               request.mode, scratch))
                 fetched = fetcher.fetch_segments(
                     segments, scratch / "segments",
                     on_progress=lambda done, total: stage("fetching", min(99, 100 * done // max(1, total))),
+                    on_segment=pipeline.segment_fetched, first=pipeline.first,
                 )
                 source = cut.join_segments(fetched, scratch / "source")
+                prepared = pipeline.prepared(source)
             else:
                 quality_used = "source"
                 with LoopbackRelay(fetcher, url) as relay:
@@ -168,12 +178,14 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
                         relay.raise_upstream_error()  # the source's failure, not FFmpeg's view of it
                         raise
                     relay.raise_upstream_error()
-                segments = []
+                segments, prepared = [], None
             bytes_fetched = fetcher.bytes_fetched
-        stage("fetching", 100)
-        stage("cutting", 0)
-        clip = cut.cut_clip(source, request.start_time, request.end_time, request.mode, output, scratch,
-                            on_progress=lambda progress: stage("cutting", progress))
+            stage("fetching", 100)
+            stage("cutting", 0)
+            clip = cut.cut_clip(source, request.start_time, request.end_time, request.mode, output, scratch,
+                                on_progress=lambda progress: stage("cutting", progress),
+                                thumbnail=workdir / "thumbnail.jpg" if options.thumbnail else None,
+                                prepared=prepared)
         if clip.size_bytes > options.max_output_bytes:
             output.unlink(missing_ok=True)
             raise SourceRejected(f"clip is {clip.size_bytes} bytes, more than {options.max_output_bytes}")
@@ -189,6 +201,6 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
         actual_start_time=clip.actual_start, actual_end_time=clip.actual_end,
         duration=clip.duration, width=clip.width, height=clip.height, size_bytes=clip.size_bytes,
         muted_ranges=muted_ranges(segments, clip.actual_start, clip.actual_end), method=clip.method,
-        bytes_fetched=bytes_fetched,
+        bytes_fetched=bytes_fetched, thumbnail=clip.thumbnail,
     )
 

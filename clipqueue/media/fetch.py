@@ -207,12 +207,17 @@ class Fetcher:
             return total
 
     def fetch_segments(self, segments: list[Segment], dest: Path,
-                       on_progress: Callable[[int, int], None] | None = None) -> list[FetchedSegment]:
+                       on_progress: Callable[[int, int], None] | None = None,
+                       on_segment: Callable[[int, FetchedSegment], None] | None = None,
+                       first: tuple[int, ...] = ()) -> list[FetchedSegment]:
         """Download ``segments`` into ``dest`` in parallel; return them in playlist order.
 
         fMP4 init sections are fetched once per distinct URL.
-        ``on_progress(done, total)`` is
-        called as parts complete.
+        ``on_progress(done, total)`` is called as parts complete, and
+        ``on_segment(index, fetched)`` (from a fetch thread) as each segment is
+        whole. The segments at the indices ``first`` are fetched before the
+        others, one after the other with every connection, so work on them can
+        start while the rest arrives.
         """
         dest.mkdir(parents=True, exist_ok=True)
         init_paths: dict[str, Path] = {}
@@ -224,43 +229,74 @@ class Fetcher:
             FetchedSegment(segment, dest / f"{index:05d}.seg", init_paths.get(segment.init_url or ""))
             for index, segment in enumerate(segments)
         ]
-        body_paths = [fetched.path for fetched in results]
+        leading = [i for i in dict.fromkeys(first) if 0 <= i < len(segments)]
+        trailing = [i for i in range(len(segments)) if i not in leading]
         split = len(segments) < self.concurrency
-        parts_per_segment = math.ceil(self.concurrency / max(1, len(segments))) if split else 1
+
+        def parts_for(index: int) -> int:
+            # With few segments, each is split so that every connection is busy: each
+            # leading one has all of them, then the rest share them.
+            return (self.concurrency if index in leading else math.ceil(self.concurrency / len(trailing))) if split else 1
+
+        lock = threading.Lock()
         done = 0
         total_parts = len(segments)
-        progress_lock = threading.Lock()
+        outstanding = [1] * len(segments)  # parts of each segment not yet written
+        waiting_for = list(leading) if split else []  # leading segments whose size is not known yet, in order
 
-        def report(extra_parts: int = 0) -> None:
-            nonlocal done, total_parts
-            with progress_lock:
-                total_parts += extra_parts
-                if not extra_parts:
-                    done += 1
+        def part_scheduled(index: int, count: int) -> None:
+            nonlocal total_parts
+            with lock:
+                total_parts += count
+                outstanding[index] += count
+
+        def part_done(index: int) -> None:
+            nonlocal done
+            with lock:
+                done += 1
+                outstanding[index] -= 1
+                whole = outstanding[index] == 0
                 snapshot = (done, total_parts)
             if on_progress:
                 on_progress(*snapshot)
+            if whole and on_segment:
+                on_segment(index, results[index])
 
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch") as pool:
             pending: set[Future] = set()
-            pending_lock = threading.Lock()
 
-            def fetch_rest(url: str, path: Path, base: int, size: int, start: int) -> None:
+            def submit(fn, *args) -> None:
+                with lock:
+                    pending.add(pool.submit(fn, *args))
+
+            def leading_sized(index: int) -> None:
+                # Once a leading segment's parts are queued, queue the next leading segment
+                # behind them, and after the last one the others.
+                with lock:
+                    if index not in waiting_for:
+                        return
+                    waiting_for.remove(index)
+                    following = waiting_for[:1] or trailing
+                for other in following:
+                    submit(fetch_whole, other)
+
+            def fetch_rest(index: int, size: int, start: int) -> None:
                 # The first part told us the size; spread the rest over the idle connections.
                 remaining = size - start
-                parts = max(1, min(parts_per_segment - 1, remaining // RANGE_PART_MIN_BYTES))
+                parts = max(1, min(parts_for(index) - 1, remaining // RANGE_PART_MIN_BYTES))
                 step = math.ceil(remaining / parts)
                 ranges = [(first, min(size, first + step) - 1) for first in range(start, size, step)]
-                report(extra_parts=len(ranges))
-                with pending_lock:
-                    for first, last in ranges:
-                        pending.add(pool.submit(fetch_part, url, path, base, first, last))
+                part_scheduled(index, len(ranges))
+                for first, last in ranges:
+                    submit(fetch_part, index, first, last)
 
-            def fetch_part(url: str, path: Path, base: int, first: int, last: int) -> None:
-                self._with_retries(lambda: self._download_range(url, path, first - base, first, last))
-                report()
+            def fetch_part(index: int, first: int, last: int) -> None:
+                url, path = segments[index].url, results[index].path
+                self._with_retries(lambda: self._download_range(url, path, first, first, last))
+                part_done(index)
 
-            def fetch_whole(segment: Segment, path: Path) -> None:
+            def fetch_whole(index: int) -> None:
+                segment, path = segments[index], results[index].path
                 if segment.byterange:
                     offset, length = segment.byterange
                     self._with_retries(lambda: self._download_range(segment.url, path, 0, offset, offset + length - 1))
@@ -273,35 +309,35 @@ class Fetcher:
                     def schedule_rest(size: int) -> None:
                         if not scheduled and size > first_size:
                             scheduled.append(size)
-                            fetch_rest(segment.url, path, 0, size, first_size)
+                            fetch_rest(index, size, first_size)
+                        leading_sized(index)
 
                     self._with_retries(lambda: self._download_range(segment.url, path, 0, 0, first_size - 1,
                                                                     schedule_rest))
                 else:
                     self._with_retries(lambda: self._download_range(segment.url, path, 0, None, None))
-                report()
+                leading_sized(index)
+                part_done(index)
 
-            with pending_lock:
-                for segment, path in zip(segments, body_paths):
-                    pending.add(pool.submit(fetch_whole, segment, path))
+            for index in waiting_for[:1] or leading + trailing:
+                submit(fetch_whole, index)
             try:
                 while True:
-                    with pending_lock:
+                    with lock:
                         snapshot = list(pending)
                     if not snapshot:
                         break
                     finished, _ = wait(snapshot, return_when=FIRST_EXCEPTION)
-                    with pending_lock:
+                    with lock:
                         pending.difference_update(finished)
                     for future in finished:
                         future.result()
             except BaseException:
-                with pending_lock:
+                with lock:
                     for future in pending:
                         future.cancel()
                 raise
         return results
-
 
 
 class _RelayHandler(BaseHTTPRequestHandler):

@@ -13,7 +13,7 @@ from tests.services import wait_until
 # A pool process running a long ffmpeg through run_ffmpeg, as a job would.
 CHILD = """
 import sys
-from clipqueue.media.cut import run_ffmpeg
+from clipqueue.media.process import run_ffmpeg
 run_ffmpeg(["ffmpeg", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=5",
             "-t", "300", "-metadata", "comment=" + sys.argv[1], "-f", "null", "-"], timeout=600)
 """
