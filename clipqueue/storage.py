@@ -36,9 +36,9 @@ class LocalStorage:
         target.parent.mkdir(parents=True, exist_ok=True)
         # Copy beside the target, then rename: readers never see half a file.
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        os.close(fd)
         try:
-            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                shutil.copyfileobj(src, out, 1024 * 1024)
+            shutil.copyfile(path, tmp)  # in the kernel (sendfile), not through Python buffers
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
         except BaseException:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypedDict
 
@@ -46,8 +48,9 @@ RETRYABLE = (
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 )
 
-# Share of the progress bar that fetching and cutting take up.
+# Share of the progress bar that fetching and cutting take up, and the smallest step written.
 _EXTRACT_SHARE = 0.8
+_PROGRESS_STEP = 10
 
 
 class StoredClip(TypedDict):
@@ -169,22 +172,34 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store) -> S
     """Extract, thumbnail and upload in one scratch folder that never outlives the job."""
     jlog = job_logger(log, clip_id)
 
+    written = {"stage": None, "progress": -_PROGRESS_STEP}
+
     def on_stage(stage: str, progress: int) -> None:
-        store.update(clip_id, stage=stage, progress=int(progress * _EXTRACT_SHARE))
+        # A write per fetched part would be Redis round trips the fetch threads wait on: steps of 10.
+        progress = int(progress * _EXTRACT_SHARE)
+        if stage != written["stage"] or progress >= written["progress"] + _PROGRESS_STEP:
+            written.update(stage=stage, progress=progress)
+            store.update(clip_id, stage=stage, progress=progress)
 
     with tempfile.TemporaryDirectory(prefix=f"clip-{clip_id}-", dir=settings.scratch_dir or None) as tmp:
         workdir = Path(tmp)
+        began = time.perf_counter()
         result = extract_clip(request, workdir, extract_options(settings), on_stage)
-        store.update(clip_id, stage="thumbnail", progress=85)
+        extracted = time.perf_counter()
+        thumbnail = result.thumbnail
         # An audio-only clip has no picture to show.
-        thumbnail = None
-        if result.width is not None:
+        if thumbnail is None and result.width is not None:
+            store.update(clip_id, stage="thumbnail", progress=85)
             thumbnail = make_thumbnail(result.path, workdir / "thumbnail.jpg", duration=result.duration)
         store.update(clip_id, stage="uploading", progress=90)
         storage = storage_from_settings(settings)
-        video_url = storage.put_file(result.path, object_key(clip_id, ".mp4"))
-        thumbnail_url = storage.put_file(thumbnail, object_key(clip_id, ".jpg")) if thumbnail else None
-    jlog.info("stored %s (%d bytes, %s)", video_url, result.size_bytes, result.method)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            thumbnail_upload = pool.submit(storage.put_file, thumbnail, object_key(clip_id, ".jpg")) if thumbnail else None
+            video_url = storage.put_file(result.path, object_key(clip_id, ".mp4"))
+            thumbnail_url = thumbnail_upload.result() if thumbnail_upload else None
+        finished = time.perf_counter()
+    jlog.info("stored %s (%d bytes, %s) in %.2f s: extract %.2f s, thumbnail and upload %.2f s", video_url,
+              result.size_bytes, result.method, finished - began, extracted - began, finished - extracted)
     return StoredClip(
         video_url=video_url,
         thumbnail_url=thumbnail_url,
@@ -212,6 +227,7 @@ def extract_options(settings: Settings) -> ExtractOptions:
         live_wait_deadline=settings.live_wait_deadline_seconds,
         live_poll_interval=settings.live_poll_seconds,
         max_redirects=settings.source_max_redirects,
+        thumbnail=True,
     )
 
 
