@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh test
+# The Procfile's commands (celery, gunicorn, clipqueue), which some tests run as written, come from .venv.
+export PATH="$PWD/.venv/bin:$PATH"
 
 # PostgreSQL: use the one given (TEST_POSTGRES_URL), or the local one, or install and start one.
 export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/test}"

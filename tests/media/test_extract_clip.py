@@ -125,3 +125,35 @@ def test_clip_across_a_discontinuity_where_the_encoding_changes(discontinuous_vo
     assert len(shown) == round(5.5 * FPS)
     assert shown[:75] == list(range(round(17.5 * FPS), 20 * FPS))  # the rescaled rest cannot be read back
     assert_playable_mp4(result.path, 5.5, tolerance=0.1)
+
+
+@pytest.fixture(scope="module")
+def changed_encoding(media_root, tmp_path_factory):
+    """The 480p rendition with its second segment re-encoded with CAVLC instead of CABAC, timestamps kept and
+    no discontinuity tag: the picture parameter sets change mid-stream, as when an encoder is reconfigured."""
+    import subprocess
+
+    from clipqueue.sample.server import serve_directory
+
+    root = tmp_path_factory.mktemp("changed-encoding")
+    source = media_root / "ts" / "480p"
+    for name in ("0.ts", "2-muted.ts", "3.ts"):
+        (root / name).write_bytes((source / name).read_bytes())
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-copyts", "-i", str(source / "1.ts"), "-map", "0",
+                    "-c:v", "libx264", "-preset", "veryfast", "-b:v", "400k",
+                    "-x264-params", "cabac=0:bframes=3:keyint=60:min-keyint=60:scenecut=0",
+                    "-c:a", "copy", "-muxdelay", "0", "-muxpreload", "0", "-f", "mpegts", str(root / "1.ts")],
+                   check=True)
+    (root / "index.m3u8").write_text((source / "index.m3u8").read_text())
+    with serve_directory(root) as server:
+        yield server
+
+
+def test_headers_changing_inside_the_copied_part_make_the_accurate_cut_re_encode(changed_encoding, options, tmp_path):
+    result = extract_clip(ClipRequest(f"{changed_encoding.url}/index.m3u8", 7.3, 13.5), tmp_path, options)
+    assert result.method == "reencode"  # a splice would hand the decoder other headers mid-file
+    shown = read_frame_ids(result.path)
+    assert shown == list(range(round(7.3 * FPS), round(13.5 * FPS)))
+    assert_playable_mp4(result.path, 6.2, tolerance=0.1)
+    before = extract_clip(ClipRequest(f"{changed_encoding.url}/index.m3u8", 1.3, 7.5), tmp_path / "before", options)
+    assert before.method == "smart_cut"  # the same source splices where its headers stay the same

@@ -7,7 +7,10 @@ import pytest
 from clipqueue.exceptions import InvalidMedia
 from clipqueue.media.extract import ClipRequest, extract_clip
 from clipqueue.media.thumbnail import make_thumbnail
+from clipqueue.sample.frames import read_frame_ids
 from tests.mediacheck import assert_jpeg
+
+from .conftest import FPS
 
 
 @pytest.fixture(scope="module")
@@ -33,3 +36,17 @@ def test_thumbnail_of_a_file_that_is_not_media_fails_as_invalid_media(tmp_path):
         make_thumbnail(fake, tmp_path / "thumb.jpg", duration=3.0)
     with pytest.raises(InvalidMedia):
         make_thumbnail(fake, tmp_path / "thumb.jpg")
+
+
+@pytest.mark.parametrize("mode", ["accurate", "copy"])
+def test_the_cut_makes_the_thumbnail_from_the_keyframe_a_third_of_the_way_into_the_clip(server, tmp_path, mode):
+    from clipqueue.media.extract import ExtractOptions
+    from clipqueue.urlpolicy import SourcePolicy
+
+    options = ExtractOptions(policy=SourcePolicy(allow_private=True), thumbnail=True)
+    # The 426x240 rendition: not scaled, so the burned-in frame number can be read back.
+    result = extract_clip(ClipRequest(f"{server.url}/ts/480p/index.m3u8", 7.3, 19.5, mode=mode), tmp_path, options)
+    assert result.thumbnail == tmp_path / "thumbnail.jpg"
+    assert int(assert_jpeg(result.thumbnail)["width"]) == 426
+    # A third of 7.3-19.5 s is 11.37 s; keyframes are every 2 s: the one at 10 s.
+    assert read_frame_ids(result.thumbnail) == [10 * FPS]

@@ -1,0 +1,85 @@
+"""Work started while the segments download: the fetch order, and early work the cut really uses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from clipqueue.media import cut
+from clipqueue.media.fetch import Fetcher
+from clipqueue.media.pipeline import SegmentPipeline
+from clipqueue.media.playlist import select_segments, parse_media
+from clipqueue.sample.frames import read_frame_ids
+from clipqueue.urlpolicy import SourcePolicy
+
+from .conftest import FPS, media_segments
+
+POLICY = SourcePolicy(allow_private=True)
+
+
+def _served(server, segment) -> bytes:
+    return (server._server.root / "ts/720p" / segment.url.rsplit("/", 1)[1]).read_bytes()
+
+
+def test_segments_asked_for_first_are_fetched_first_when_each_takes_a_connection(fresh_server, tmp_path):
+    segments = list(media_segments(fresh_server)[:4])
+    arrived = []
+    with Fetcher(POLICY, concurrency=1, retries=1, timeout=5, max_bytes=10**9) as fetcher:
+        fetcher.fetch_segments(segments, tmp_path, on_segment=lambda index, fetched: arrived.append(index),
+                               first=(0, 3))
+    assert arrived == [0, 3, 1, 2]
+
+
+def test_each_split_segment_is_reported_once_and_whole(fresh_server, tmp_path):
+    segments = list(media_segments(fresh_server)[:4])
+    fresh_server.behaviour.latency = 0.01
+    reported = {}
+
+    def on_segment(index, fetched):
+        assert index not in reported
+        reported[index] = fetched.path.read_bytes()  # read now: the file must already be complete
+
+    with Fetcher(POLICY, concurrency=8, retries=1, timeout=5, max_bytes=10**9) as fetcher:
+        fetcher.fetch_segments(segments, tmp_path, on_segment=on_segment, first=(0, 3))
+    assert sorted(reported) == [0, 1, 2, 3]
+    for index, segment in enumerate(segments):
+        assert reported[index] == _served(fresh_server, segment)
+    assert fresh_server.stats.requests > len(segments)  # split into byte ranges
+
+
+@pytest.mark.parametrize("start,end", [(7.3, 33.5), (12.4, 17.1)])
+def test_the_cut_uses_the_listing_and_encodes_prepared_while_segments_downloaded(fresh_server, tmp_path, start, end):
+    text = (fresh_server._server.root / "ts/720p/index.m3u8").read_text()
+    segments = select_segments(parse_media(text, f"{fresh_server.url}/ts/720p/index.m3u8"), start, end)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with SegmentPipeline(segments, start, end, "accurate", scratch) as pipeline, \
+            Fetcher(POLICY, concurrency=8, retries=1, timeout=5, max_bytes=10**9) as fetcher:
+        assert pipeline.first == tuple(dict.fromkeys((0, len(segments) - 1)))
+        fetched = fetcher.fetch_segments(segments, scratch / "segments", on_segment=pipeline.segment_fetched,
+                                         first=pipeline.first)
+        source = cut.join_segments(fetched, scratch / "source")
+        prepared = pipeline.prepared(source)
+        assert prepared.streams == cut.probe_streams(source.path)  # the joined listings are the file's
+        assert prepared.file_headers == cut.parameter_sets(source.path)
+        timeline = cut.build_timeline(prepared.streams, source)
+        first, _ = cut.select_frames(timeline, start, end)
+        assert timeline.pts[first] in {key[0] for key in prepared.encodes}  # the head, from the first segment
+        early = [scratch / "early-head.ts", scratch / "early-tail.ts"]
+        early = [path for path in early if path.exists()]
+        assert early
+        result = cut.cut_clip(source, start, end, "accurate", tmp_path / "clip.mp4", scratch, prepared=prepared)
+    assert result.method == "smart_cut"
+    assert not any(path.exists() for path in early)  # the cut took the early encodes instead of its own
+    shown = read_frame_ids(tmp_path / "clip.mp4")
+    assert shown == list(range(math.ceil(start * FPS - 0.5), math.ceil(end * FPS - 0.5)))
+
+
+def test_a_copy_or_an_fmp4_source_prepares_nothing(fresh_server, tmp_path):
+    ts = list(media_segments(fresh_server)[:2])
+    fmp4 = list(media_segments(fresh_server, "fmp4/720p")[:2])
+    assert SegmentPipeline(ts, 1.0, 12.0, "copy", tmp_path).first == ()
+    with SegmentPipeline(fmp4, 1.0, 12.0, "accurate", tmp_path) as pipeline:
+        assert pipeline.first == ()
+        assert pipeline.prepared(cut.LocalSource(tmp_path / "missing.ts", 0.0)) is None
