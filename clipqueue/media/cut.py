@@ -594,7 +594,10 @@ def encode_frames(source: LocalSource, streams: Streams, timeline: Timeline, fir
                    "-vf", f"select='between(pts*TB\\,{low:.6f}\\,{high:.6f})'" + scale,
                    "-fps_mode", "passthrough",
                    *encoder, "-bsf:v", "trace_headers", "-f", "mpegts", str(out)))
-    return _parse_parameter_sets(run_ffmpeg_logged(args, what="re-encoding frames")[1])
+    try:
+        return _parse_parameter_sets(run_ffmpeg_logged(args, what="re-encoding frames")[1])
+    finally:
+        gops.unlink(missing_ok=True)
 
 
 def _copy_gop_bytes(source: Path, streams: Streams, key_pts: float, end_pts: float | None, out: Path) -> bool:
