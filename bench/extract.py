@@ -9,12 +9,14 @@ the target ratios.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.media.playlist import parse_media, select_segments
 from clipqueue.sample.frames import read_frame_ids
-from clipqueue.sample.server import serve_directory
+from clipqueue.sample.server import STATS_PATH
 from clipqueue.sample.vod import generate_long_hls_vod
 from clipqueue.urlpolicy import SourcePolicy
 
@@ -32,6 +34,43 @@ PROFILES = {
     "20ms/100Mbps/1Gbps": dict(latency=0.020, connection_bandwidth=100 * MBIT, total_bandwidth=1000 * MBIT),
     "80ms/20Mbps": dict(latency=0.080, connection_bandwidth=20 * MBIT),
 }
+
+
+class CdnProcess:
+    """The CDN-like loopback server (``python -m clipqueue.sample serve``) in a process of its own.
+
+    A CDN runs on a machine of its own: in the benchmark's process its
+    threads would share the interpreter with the tools measured.
+    """
+
+    def __init__(self, root: Path, latency: float, connection_bandwidth: float | None = None,
+                 total_bandwidth: float | None = None):
+        args = [sys.executable, "-m", "clipqueue.sample", "serve", "--port", "0", "--latency", str(latency)]
+        if connection_bandwidth:
+            args += ["--connection-mbps", str(connection_bandwidth / MBIT)]
+        if total_bandwidth:
+            args += ["--total-mbps", str(total_bandwidth / MBIT)]
+        self.process = subprocess.Popen([*args, str(root)], stdout=subprocess.PIPE, text=True)
+        banner = self.process.stdout.readline()  # "serving <dir> at http://127.0.0.1:<port>/ (...)"
+        if " at " not in banner:
+            self.stop()
+            raise RuntimeError(f"the CDN server did not start: {banner!r}")
+        self.url = banner.split(" at ", 1)[1].split("/ ", 1)[0]
+
+    def bytes_sent(self, reset: bool = False) -> int:
+        """Bytes served since the last reset (``reset`` starts counting again)."""
+        with urllib.request.urlopen(f"{self.url}{STATS_PATH}{'?reset' if reset else ''}", timeout=10) as answer:
+            return json.load(answer)["bytes_sent"]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+    def __enter__(self) -> CdnProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 @dataclass
@@ -110,7 +149,7 @@ def measure(path: Path, outcome: Outcome) -> None:
 
 
 def run_profile(root: Path, name: str, behaviour: dict, start: float, end: float, quality: str, runs: int) -> dict[str, Outcome]:
-    with serve_directory(root, **behaviour) as server:
+    with CdnProcess(root, **behaviour) as server:
         master = f"{server.url}/master.m3u8"
         media = f"{server.url}/{quality}/index.m3u8"
         competitors = tools(master, media, start, end, quality)
@@ -122,11 +161,11 @@ def run_profile(root: Path, name: str, behaviour: dict, start: float, end: float
                     continue
                 scratch = Path(tempfile.mkdtemp(prefix="bench-"))
                 try:
-                    server.stats.reset()
+                    server.bytes_sent(reset=True)
                     began = time.perf_counter()
                     path = tool(scratch)
                     outcome.times.append(time.perf_counter() - began)
-                    outcome.bytes.append(server.stats.bytes_sent)
+                    outcome.bytes.append(server.bytes_sent())
                     if round_number == 0:
                         measure(path, outcome)
                 except Exception as exc:  # a competitor failing is a result, not a crash of the bench

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-from bench.extract import MBIT, PROFILES, add_clip_arguments, ensure_vod, tools
+from bench.extract import PROFILES, CdnProcess, add_clip_arguments, ensure_vod, tools
 from tests.services import RedisServer, WorkerProcess
 
 POLL_SECONDS = 0.1
@@ -72,19 +71,6 @@ def clip_through_service(client, master: str, start: float, end: float, quality:
     raise TimeoutError(f"clip {clip_id} not ready after 300 s")
 
 
-def start_cdn(root: Path, latency: float, connection_bandwidth: float | None = None,
-              total_bandwidth: float | None = None) -> tuple[subprocess.Popen, str]:
-    """The CDN-like loopback server (``python -m clipqueue.sample serve``) in a process of its own; returns it and its URL."""
-    args = [sys.executable, "-m", "clipqueue.sample", "serve", "--port", "0", "--latency", str(latency)]
-    if connection_bandwidth:
-        args += ["--connection-mbps", str(connection_bandwidth / MBIT)]
-    if total_bandwidth:
-        args += ["--total-mbps", str(total_bandwidth / MBIT)]
-    process = subprocess.Popen([*args, str(root)], stdout=subprocess.PIPE, text=True)
-    banner = process.stdout.readline()  # "serving <dir> at http://127.0.0.1:<port>/ (...)"
-    return process, banner.split(" at ", 1)[1].split("/ ", 1)[0]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__)
     add_clip_arguments(parser)
@@ -95,9 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         client, processes = start_service(Path(tmp))
         try:
             for name in args.profile or list(PROFILES):
-                server, url = start_cdn(args.vod_dir, **PROFILES[name])
-                master = f"{url}/master.m3u8"
-                media = f"{url}/{args.quality}/index.m3u8"
+                server = CdnProcess(args.vod_dir, **PROFILES[name])
+                master = f"{server.url}/master.m3u8"
+                media = f"{server.url}/{args.quality}/index.m3u8"
                 seed = tools(master, media, args.start, args.end, args.quality)["seed ffmpeg -c copy"]
                 clip_through_service(client, master, args.start, args.end, args.quality)  # warm-up
                 seed_times, service_times = [], []
@@ -109,8 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                     service_times.append(clip_through_service(client, master, args.start, args.end, args.quality))
                     print(f"  round {len(service_times)}: seed {seed_times[-1]:.2f} s, service {service_times[-1]:.2f} s",
                           flush=True)
-                server.terminate()
-                server.wait(10)
+                server.stop()
                 seed_median = statistics.median(seed_times)
                 service_median = statistics.median(service_times)
                 print(f"\n{name}: {args.end - args.start:g} s accurate clip at {args.quality}, {args.runs} rounds")

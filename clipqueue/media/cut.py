@@ -802,13 +802,14 @@ class Prepared:
 
 def cut_clip(source: LocalSource, start_time: float, end_time: float, mode: str, output: Path, scratch: Path,
              on_progress: Callable[[int], None] | None = None, thumbnail: Path | None = None,
-             prepared: Prepared | None = None) -> CutResult:
+             prepared: Prepared | None = None, audio_only: bool = False) -> CutResult:
     """Cut ``[start_time, end_time)`` (VOD seconds) of ``source`` into the MP4 ``output``.
 
     ``mode`` is "accurate" (frame-exact, smart cut) or "copy" (stream copy from
     the keyframe at or before the start). With ``thumbnail``, a JPEG of a frame
     of the clip is made there beside the cut when the source allows
-    (``CutResult.thumbnail`` says whether it was).
+    (``CutResult.thumbnail`` says whether it was). With ``audio_only`` only
+    the audio is kept, as from a source without video.
     """
     if prepared is not None:
         streams, file_headers = prepared.streams or probe_streams(source.path), prepared.file_headers
@@ -823,6 +824,10 @@ def cut_clip(source: LocalSource, start_time: float, end_time: float, mode: str,
             file_headers = headers_job.result() if streams.video else None
     if on_progress:
         on_progress(10)
+    if audio_only and not streams.audio:
+        raise InvalidMedia("the VOD has no audio to make an audio-only clip of")
+    if audio_only:
+        streams = replace(streams, video=[], codec=None, size=None)  # as if the source had no video
     if not streams.video:
         return cut_audio(source, streams, start_time, end_time, output, scratch)
     with ThreadPoolExecutor(max_workers=1) as pool:

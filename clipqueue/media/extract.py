@@ -159,8 +159,9 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
                     raise RangeNotInVod(f"no segment of the VOD overlaps {request.start_time}-{request.end_time}")
                 if len(segments) > options.max_segments:
                     raise RangeNotInVod(f"the range needs {len(segments)} segments, more than {options.max_segments}")
-                pipeline = stack.enter_context(SegmentPipeline(segments, request.start_time, request.end_time,
-                                                               request.mode, scratch))
+                pipeline = stack.enter_context(SegmentPipeline(
+                    segments, request.start_time, request.end_time, scratch,
+                    smart_cut=request.mode == "accurate" and request.quality != "audio_only"))
                 fetched = fetcher.fetch_segments(
                     segments, scratch / "segments",
                     on_progress=lambda done, total: stage("fetching", min(99, 100 * done // max(1, total))),
@@ -185,7 +186,7 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
             clip = cut.cut_clip(source, request.start_time, request.end_time, request.mode, output, scratch,
                                 on_progress=lambda progress: stage("cutting", progress),
                                 thumbnail=workdir / "thumbnail.jpg" if options.thumbnail else None,
-                                prepared=prepared)
+                                prepared=prepared, audio_only=request.quality == "audio_only")
         if clip.size_bytes > options.max_output_bytes:
             output.unlink(missing_ok=True)
             raise SourceRejected(f"clip is {clip.size_bytes} bytes, more than {options.max_output_bytes}")

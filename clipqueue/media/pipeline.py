@@ -47,17 +47,19 @@ class SegmentPipeline:
     """Early head and tail encodes of an accurate cut, fed by :meth:`Fetcher.fetch_segments`'s ``on_segment``.
 
     Use as a context manager around fetching and cutting: leaving it waits for
-    whatever is still running. Does nothing (``first`` is empty, ``prepared``
-    returns None) for a copy, or for segments it cannot read alone: fMP4, byte
-    ranges of a larger file, or discontinuities.
+    whatever is still running. ``smart_cut`` says the cut will be an accurate
+    cut of video. Does nothing (``first`` is empty, ``prepared`` returns None)
+    otherwise, or for segments it cannot read alone: fMP4, byte ranges of a
+    larger file, or discontinuities.
     """
 
-    def __init__(self, segments: list[Segment], start_time: float, end_time: float, mode: str, scratch: Path):
+    def __init__(self, segments: list[Segment], start_time: float, end_time: float, scratch: Path,
+                 smart_cut: bool = True):
         self.start_time = start_time
         self.end_time = end_time
         self.scratch = scratch
         self.last = len(segments) - 1
-        self.enabled = mode == "accurate" and bool(segments) and all(
+        self.enabled = smart_cut and bool(segments) and all(
             s.init_url is None and s.byterange is None and not (s.discontinuity and i) for i, s in enumerate(segments))
         self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="early-cut")
         self._lock = threading.Lock()
@@ -86,8 +88,13 @@ class SegmentPipeline:
             return
         # Our own name for the segment's bytes: joining the segments removes theirs.
         own = self.scratch / "early" / f"{index:05d}.ts"
-        own.parent.mkdir(exist_ok=True)
-        os.link(fetched.path, own)
+        try:
+            own.parent.mkdir(exist_ok=True)
+            os.link(fetched.path, own)
+        except OSError as exc:  # early work is an optimization: without it the cut does everything
+            log.warning("no early work on this clip: %s", exc)
+            self.enabled = False
+            return
         with self._lock:
             self._landed[index] = cut.LocalSource(own, fetched.segment.start)
             self._probes[index] = self._pool.submit(cut.probe_streams, own)
@@ -155,13 +162,13 @@ class SegmentPipeline:
                 encoder: list[str], out: Path) -> Part | None:
         try:
             return out, cut.encode_frames(source, streams, timeline, frames[0], frames[1], encoder, out)
-        except ClipqueueError as exc:  # the cut encodes these frames itself
+        except Exception as exc:  # speculative: the cut encodes these frames itself
             log.debug("early encode of %s failed: %s", out.name, exc)
             return None
 
     def prepared(self, joined: cut.LocalSource) -> cut.Prepared | None:
         """What the cut of ``joined`` (the segments joined in order) can use; None if nothing."""
-        if not self.enabled or len(self._probes) != len(self._landed) or not self._landed:
+        if not self.enabled or len(self._landed) != self.last + 1:
             return None
         try:
             headers = self._headers.result() if self._headers else {}
@@ -172,7 +179,7 @@ class SegmentPipeline:
             for started in (self._basis, self._tail):
                 if started is not None:
                     started.result()
-        except ClipqueueError as exc:  # the cut probes the joined file and reports what is wrong
+        except Exception as exc:  # speculative: the cut probes the joined file and reports what is wrong
             log.debug("segment probes unusable: %s", exc)
             return None
         streams = cut.join_streams(parts) if offset == joined.path.stat().st_size else None

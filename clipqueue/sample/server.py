@@ -8,6 +8,7 @@ benchmark and the README demo.
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import re
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 CHUNK_BYTES = 64 * 1024
+STATS_PATH = "/__stats__"  # GET: the counters as JSON; "?reset" starts them again
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 mimetypes.add_type("application/vnd.apple.mpegurl", ".m3u8")
@@ -58,6 +60,14 @@ class Stats:
             self.connections = 0
             self.by_path: Counter[str] = Counter()
             self.statuses: Counter[int] = Counter()
+
+    def snapshot(self, reset: bool = False) -> dict[str, int]:
+        """The totals; with ``reset``, counting starts again from zero."""
+        with self._lock:
+            totals = {"requests": self.requests, "bytes_sent": self.bytes_sent, "connections": self.connections}
+        if reset:
+            self.reset()
+        return totals
 
     def record(self, path: str, status: int) -> None:
         with self._lock:
@@ -102,6 +112,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
         pass
 
+    def _send_stats(self, reset: bool) -> None:
+        """The counters as JSON (not counted themselves), for a benchmark running the server in another process."""
+        body = json.dumps(self.server.stats.snapshot(reset)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_HEAD(self) -> None:
         self._respond(send_body=False)
 
@@ -111,6 +130,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _respond(self, send_body: bool) -> None:
         behaviour = self.server.behaviour
         path = unquote(urlsplit(self.path).path)
+        if path == STATS_PATH:
+            return self._send_stats(reset="reset" in urlsplit(self.path).query)
         if behaviour.latency:
             time.sleep(behaviour.latency)
         if path in behaviour.not_found:

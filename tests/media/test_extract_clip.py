@@ -10,7 +10,7 @@ from clipqueue.exceptions import ForbiddenSource, InvalidMedia, SourceNotFound
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.sample.frames import read_frame_ids
 
-from tests.mediacheck import assert_playable_mp4
+from tests.mediacheck import assert_playable_mp4, ffprobe
 
 from .conftest import FPS
 
@@ -70,6 +70,16 @@ def test_audio_only_quality_gives_an_audio_clip_of_the_range(tmp_path_factory, o
     assert result.width is None
     assert result.actual_start_time == pytest.approx(4.5, abs=0.03)
     assert result.actual_end_time == pytest.approx(12.0, abs=0.03)
+
+
+def test_audio_only_from_a_master_without_an_audio_rendition_drops_the_video(fresh_server, options, tmp_path):
+    result = extract_clip(ClipRequest(f"{fresh_server.url}/ts/master.m3u8", 4.5, 12.0, quality="audio_only"),
+                          tmp_path, options)
+    assert result.quality_used == "audio_only"
+    assert (result.width, result.height) == (None, None)
+    info = ffprobe(result.path)
+    assert [s["codec_type"] for s in info["streams"]] == ["audio"]
+    assert float(info["format"]["duration"]) == pytest.approx(7.5, abs=0.05)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ def test_segments_failing_with_503_are_retried_until_they_succeed(fresh_server, 
     segments = list(media_segments(fresh_server)[:3])
     fresh_server.behaviour.fail_first.update({"/ts/720p/0.ts": 2, "/ts/720p/1.ts": 1})
     with Fetcher(POLICY, concurrency=4, retries=3, timeout=5, max_bytes=10**9) as fetcher:
-        fetched = fetcher.fetchmedia_segments(segments, tmp_path)
+        fetched = fetcher.fetch_segments(segments, tmp_path)
     for item in fetched:
         name = item.segment.url.rsplit("/", 1)[1]
         assert item.path.read_bytes() == (fresh_server._server.root / "ts/720p" / name).read_bytes()
@@ -35,14 +35,14 @@ def test_segment_failing_more_often_than_the_retries_raises_source_unavailable(f
     fresh_server.behaviour.fail_first["/ts/720p/0.ts"] = 5
     with Fetcher(POLICY, concurrency=2, retries=1, timeout=5, max_bytes=10**9) as fetcher:
         with pytest.raises(SourceUnavailable):
-            fetcher.fetchmedia_segments(list(media_segments(fresh_server)[:2]), tmp_path)
+            fetcher.fetch_segments(list(media_segments(fresh_server)[:2]), tmp_path)
 
 
 def test_missing_segment_fails_at_once_without_retries(fresh_server, tmp_path):
     fresh_server.behaviour.not_found.add("/ts/720p/1.ts")
     with Fetcher(POLICY, concurrency=2, retries=3, timeout=5, max_bytes=10**9) as fetcher:
         with pytest.raises(SourceNotFound):
-            fetcher.fetchmedia_segments(list(media_segments(fresh_server)[:2]), tmp_path)
+            fetcher.fetch_segments(list(media_segments(fresh_server)[:2]), tmp_path)
     assert fresh_server.stats.by_path["/ts/720p/1.ts"] == 1
 
 
@@ -51,14 +51,14 @@ def test_stalled_segment_times_out_and_is_fetched_again(fresh_server, tmp_path):
     # One connection: the segment is fetched whole, not split into byte ranges that would stall too.
     with Fetcher(POLICY, concurrency=1, retries=2, timeout=0.5, max_bytes=10**9) as fetcher:
         with pytest.raises(SourceUnavailable):
-            fetcher.fetchmedia_segments(list(media_segments(fresh_server)[:1]), tmp_path)
+            fetcher.fetch_segments(list(media_segments(fresh_server)[:1]), tmp_path)
     assert fresh_server.stats.by_path["/ts/720p/0.ts"] == 3  # first try and two retries
 
 
 def test_few_segments_are_split_into_byte_ranges_and_reassembled(fresh_server, tmp_path):
     segment = media_segments(fresh_server)[0]
     with Fetcher(POLICY, concurrency=4, retries=0, timeout=5, max_bytes=10**9) as fetcher:
-        fetched = fetcher.fetchmedia_segments([segment], tmp_path)
+        fetched = fetcher.fetch_segments([segment], tmp_path)
     assert fetched[0].path.read_bytes() == (fresh_server._server.root / "ts/720p/0.ts").read_bytes()
     assert fresh_server.stats.statuses[206] > 1
 
@@ -66,7 +66,7 @@ def test_few_segments_are_split_into_byte_ranges_and_reassembled(fresh_server, t
 def test_fetch_budget_stops_a_source_larger_than_allowed(fresh_server, tmp_path):
     with Fetcher(POLICY, concurrency=2, retries=0, timeout=5, max_bytes=1000) as fetcher:
         with pytest.raises(Exception) as caught:
-            fetcher.fetchmedia_segments(list(media_segments(fresh_server)[:1]), tmp_path)
+            fetcher.fetch_segments(list(media_segments(fresh_server)[:1]), tmp_path)
     assert "limit" in str(caught.value)
 
 

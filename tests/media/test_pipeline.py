@@ -54,7 +54,7 @@ def test_the_cut_uses_the_listing_and_encodes_prepared_while_segments_downloaded
     segments = select_segments(parse_media(text, f"{fresh_server.url}/ts/720p/index.m3u8"), start, end)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    with SegmentPipeline(segments, start, end, "accurate", scratch) as pipeline, \
+    with SegmentPipeline(segments, start, end, scratch) as pipeline, \
             Fetcher(POLICY, concurrency=8, retries=1, timeout=5, max_bytes=10**9) as fetcher:
         assert pipeline.first == tuple(dict.fromkeys((0, len(segments) - 1)))
         fetched = fetcher.fetch_segments(segments, scratch / "segments", on_segment=pipeline.segment_fetched,
@@ -79,7 +79,8 @@ def test_the_cut_uses_the_listing_and_encodes_prepared_while_segments_downloaded
 def test_a_copy_or_an_fmp4_source_prepares_nothing(fresh_server, tmp_path):
     ts = list(media_segments(fresh_server)[:2])
     fmp4 = list(media_segments(fresh_server, "fmp4/720p")[:2])
-    assert SegmentPipeline(ts, 1.0, 12.0, "copy", tmp_path).first == ()
-    with SegmentPipeline(fmp4, 1.0, 12.0, "accurate", tmp_path) as pipeline:
+    with SegmentPipeline(ts, 1.0, 12.0, tmp_path, smart_cut=False) as pipeline:
+        assert pipeline.first == ()
+    with SegmentPipeline(fmp4, 1.0, 12.0, tmp_path) as pipeline:
         assert pipeline.first == ()
         assert pipeline.prepared(cut.LocalSource(tmp_path / "missing.ts", 0.0)) is None
