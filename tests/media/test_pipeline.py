@@ -48,19 +48,30 @@ def test_each_split_segment_is_reported_once_and_whole(fresh_server, tmp_path):
     assert fresh_server.stats.requests > len(segments)  # split into byte ranges
 
 
-@pytest.mark.parametrize("start,end", [(7.3, 33.5), (12.4, 17.1)])
-def test_the_cut_uses_the_listing_and_encodes_prepared_while_segments_downloaded(fresh_server, tmp_path, start, end):
-    text = (fresh_server._server.root / "ts/720p/index.m3u8").read_text()
-    segments = select_segments(parse_media(text, f"{fresh_server.url}/ts/720p/index.m3u8"), start, end)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    with SegmentPipeline(segments, start, end, scratch) as pipeline, \
-            Fetcher(POLICY, concurrency=8, retries=1, timeout=5, max_bytes=10**9) as fetcher:
-        assert pipeline.first == tuple(dict.fromkeys((0, len(segments) - 1)))
+def _fetch_with_pipeline(server, scratch, start: float, end: float):
+    """Fetch the 720p segments of ``start``-``end`` feeding a SegmentPipeline, as extract_clip does; return
+    the open pipeline, the joined source and what the pipeline prepared."""
+    text = (server._server.root / "ts/720p/index.m3u8").read_text()
+    segments = select_segments(parse_media(text, f"{server.url}/ts/720p/index.m3u8"), start, end)
+    pipeline = SegmentPipeline(segments, start, end, scratch)
+    assert pipeline.first == tuple(dict.fromkeys((0, len(segments) - 1)))
+    with Fetcher(POLICY, concurrency=8, retries=1, timeout=5, max_bytes=10**9) as fetcher:
         fetched = fetcher.fetch_segments(segments, scratch / "segments", on_segment=pipeline.segment_fetched,
                                          first=pipeline.first)
-        source = cut.join_segments(fetched, scratch / "source")
-        prepared = pipeline.prepared(source)
+    source = cut.join_segments(fetched, scratch / "source")
+    return pipeline, source, pipeline.prepared(source)
+
+
+def _exact(path, start: float, end: float) -> bool:
+    return read_frame_ids(path) == list(range(math.ceil(start * FPS - 0.5), math.ceil(end * FPS - 0.5)))
+
+
+@pytest.mark.parametrize("start,end", [(7.3, 33.5), (12.4, 17.1)])
+def test_the_cut_uses_the_listing_and_encodes_prepared_while_segments_downloaded(fresh_server, tmp_path, start, end):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    pipeline, source, prepared = _fetch_with_pipeline(fresh_server, scratch, start, end)
+    with pipeline:
         assert prepared.streams == cut.probe_streams(source.path)  # the joined listings are the file's
         assert prepared.file_headers == cut.parameter_sets(source.path)
         timeline = cut.build_timeline(prepared.streams, source)
@@ -72,8 +83,19 @@ def test_the_cut_uses_the_listing_and_encodes_prepared_while_segments_downloaded
         result = cut.cut_clip(source, start, end, "accurate", tmp_path / "clip.mp4", scratch, prepared=prepared)
     assert result.method == "smart_cut"
     assert not any(path.exists() for path in early)  # the cut took the early encodes instead of its own
-    shown = read_frame_ids(tmp_path / "clip.mp4")
-    assert shown == list(range(math.ceil(start * FPS - 0.5), math.ceil(end * FPS - 0.5)))
+    assert _exact(tmp_path / "clip.mp4", start, end)
+
+
+def test_an_early_encode_that_fails_leaves_its_frames_to_the_cut(fresh_server, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "early-head.ts").mkdir()  # FFmpeg cannot write the early head there
+    pipeline, source, prepared = _fetch_with_pipeline(fresh_server, scratch, 7.3, 33.5)
+    with pipeline:
+        assert [job.result() for job in prepared.encodes.values()].count(None) == 1
+        result = cut.cut_clip(source, 7.3, 33.5, "accurate", tmp_path / "clip.mp4", scratch, prepared=prepared)
+    assert result.method == "smart_cut"
+    assert _exact(tmp_path / "clip.mp4", 7.3, 33.5)
 
 
 def test_a_copy_or_an_fmp4_source_prepares_nothing(fresh_server, tmp_path):
