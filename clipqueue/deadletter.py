@@ -114,4 +114,3 @@ def purge() -> int:
     pipe.delete(DEAD_LETTER_QUEUE)
     count, _ = pipe.execute()
     return int(count)
-

@@ -14,6 +14,7 @@ def job_key(clip_id: str) -> str:
     """The Redis hash holding a job's metadata."""
     return f"{JOB_KEY_PREFIX}{clip_id}"
 
+
 LEASE_KEY_PREFIX = "clip_extraction_lease:"
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 from concurrent.futures import Future, ThreadPoolExecutor
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -568,7 +567,8 @@ def rate_control(streams: Streams, path: Path, timeline: Timeline) -> list[str]:
 
 
 def encode_frames(source: LocalSource, streams: Streams, timeline: Timeline, first: int, last: int,
-                   encoder: list[str], out: Path, scale_to: tuple[int, int] | None = None) -> dict[str, dict[str, int]]:
+                  encoder: list[str], out: Path, scale_to: tuple[int, int] | None = None
+                  ) -> dict[str, dict[str, int]]:
     """Encode display frames ``first..last`` to MPEG-TS, scaled to ``scale_to`` if given; return the
     output's parameter sets (as :func:`parameter_sets`).
 
@@ -580,8 +580,8 @@ def encode_frames(source: LocalSource, streams: Streams, timeline: Timeline, fir
     keys = sorted(timeline.pts.index(p.pts) for p in streams.video if p.key)
     decode_from = max((k for k in keys if k <= first), default=0)
     decode_to = min((k for k in keys if k > last), default=None)
-    closing = next((position for position, shown in _closed_packets(streams, timeline, decode_from) if shown >= last),
-                   None)
+    closing = next((position for position, shown in _closed_packets(streams, timeline, decode_from)
+                    if shown >= last), None)
     after = streams.video[closing + 1].pts if closing is not None and closing + 1 < len(streams.video) else None
     gops = out.with_suffix(".gops.ts")
     if source.joined_runs or not _copy_gop_bytes(source.path, streams, timeline.pts[decode_from], after, gops):
@@ -591,9 +591,9 @@ def encode_frames(source: LocalSource, streams: Streams, timeline: Timeline, fir
     high = timeline.pts[last] + timeline.frame / 2
     scale = f",scale={scale_to[0]}:{scale_to[1]}" if scale_to else ""
     args = _tracing(_ffmpeg("-copyts", *_local_ts(gops), "-map", "0:v:0",
-                   "-vf", f"select='between(pts*TB\\,{low:.6f}\\,{high:.6f})'" + scale,
-                   "-fps_mode", "passthrough",
-                   *encoder, "-bsf:v", "trace_headers", "-f", "mpegts", str(out)))
+                            "-vf", f"select='between(pts*TB\\,{low:.6f}\\,{high:.6f})'" + scale,
+                            "-fps_mode", "passthrough",
+                            *encoder, "-bsf:v", "trace_headers", "-f", "mpegts", str(out)))
     try:
         return _parse_parameter_sets(run_ffmpeg_logged(args, what="re-encoding frames")[1])
     finally:
@@ -728,9 +728,9 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
         method = "reencode"
         whole = scratch / "whole.ts"
         encode_frames(source, streams, timeline, first, last,
-                       ["-c:v", "libx264", "-preset", "veryfast", *rate], whole,
-                       # one picture size for the whole clip when it changes at a discontinuity
-                       scale_to=None if source.uniform else streams.size)
+                      ["-c:v", "libx264", "-preset", "veryfast", *rate], whole,
+                      # one picture size for the whole clip when it changes at a discontinuity
+                      scale_to=None if source.uniform else streams.size)
         parts = [(whole, timeline.pts[last] + timeline.frame - timeline.pts[first])]
     if streams.audio and not audio.exists():
         _select_copy(source.path, audio, a=_audio_range(streams, low, high))

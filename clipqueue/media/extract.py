@@ -204,4 +204,3 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
         muted_ranges=muted_ranges(segments, clip.actual_start, clip.actual_end), method=clip.method,
         bytes_fetched=bytes_fetched, thumbnail=clip.thumbnail,
     )
-

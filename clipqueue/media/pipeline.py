@@ -60,7 +60,8 @@ class SegmentPipeline:
         self.scratch = scratch
         self.last = len(segments) - 1
         self.enabled = smart_cut and bool(segments) and all(
-            s.init_url is None and s.byterange is None and not (s.discontinuity and i) for i, s in enumerate(segments))
+            s.init_url is None and s.byterange is None and not (s.discontinuity and i)
+            for i, s in enumerate(segments))
         self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="early-cut")
         self._lock = threading.Lock()
         self._landed: dict[int, cut.LocalSource] = {}
@@ -106,7 +107,7 @@ class SegmentPipeline:
                 self._tail = self._pool.submit(self._start_tail, self._landed[self.last])
 
     def _start_head(self, source: cut.LocalSource) -> Basis | None:
-        """Probe the first segment, choose the encoder, and start encoding the head if the clip's first keyframe is there."""
+        """Choose the encoder from the first segment; encode the head if the first keyframe is in it."""
         try:
             streams = self._probes[0].result()
             headers = self._headers.result()
@@ -128,7 +129,7 @@ class SegmentPipeline:
         return basis
 
     def _start_tail(self, source: cut.LocalSource) -> None:
-        """Probe the last segment and start encoding the tail, the frames after the clip's last clean copy point."""
+        """Start encoding the tail from the last segment: the frames after the last clean copy point."""
         basis = self._basis.result()
         if basis is None:
             return
@@ -158,8 +159,8 @@ class SegmentPipeline:
             self._encodes[key] = encode
 
     @staticmethod
-    def _encode(source: cut.LocalSource, streams: cut.Streams, timeline: cut.Timeline, frames: tuple[int, int],
-                encoder: list[str], out: Path) -> Part | None:
+    def _encode(source: cut.LocalSource, streams: cut.Streams, timeline: cut.Timeline,
+                frames: tuple[int, int], encoder: list[str], out: Path) -> Part | None:
         try:
             return out, cut.encode_frames(source, streams, timeline, frames[0], frames[1], encoder, out)
         except Exception as exc:  # speculative: the cut encodes these frames itself

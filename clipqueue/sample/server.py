@@ -273,4 +273,3 @@ class StaticServer(BackgroundServer):
 def serve_directory(root: Path, host: str = "127.0.0.1", port: int = 0, **behaviour) -> StaticServer:
     """Serve ``root`` over HTTP on a background thread; keyword arguments set :class:`Behaviour` fields."""
     return StaticServer(root, host, port, Behaviour(**behaviour))
-

@@ -9,7 +9,6 @@ import pytest
 from clipqueue.exceptions import LiveVodTimeout, SourceNotFound, SourceUnavailable
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.media.fetch import Fetcher
-from clipqueue.media.playlist import parse_media
 from clipqueue.sample.frames import read_frame_ids
 from clipqueue.sample.server import serve_directory
 from clipqueue.sample.vod import append_live_segments, generate_hls_vod

@@ -67,7 +67,8 @@ def _exact(path, start: float, end: float) -> bool:
 
 
 @pytest.mark.parametrize("start,end", [(7.3, 33.5), (12.4, 17.1)])
-def test_the_cut_uses_the_listing_and_encodes_prepared_while_segments_downloaded(fresh_server, tmp_path, start, end):
+def test_the_cut_uses_the_listing_and_encodes_prepared_while_segments_downloaded(
+        fresh_server, tmp_path, start, end):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     pipeline, source, prepared = _fetch_with_pipeline(fresh_server, scratch, start, end)
@@ -77,10 +78,10 @@ def test_the_cut_uses_the_listing_and_encodes_prepared_while_segments_downloaded
         timeline = cut.build_timeline(prepared.streams, source)
         first, _ = cut.select_frames(timeline, start, end)
         assert timeline.pts[first] in {key[0] for key in prepared.encodes}  # the head, from the first segment
-        early = [scratch / "early-head.ts", scratch / "early-tail.ts"]
-        early = [path for path in early if path.exists()]
-        assert early
-        result = cut.cut_clip(source, start, end, "accurate", tmp_path / "clip.mp4", scratch, prepared=prepared)
+        early = [part[0] for part in (job.result() for job in prepared.encodes.values()) if part is not None]
+        assert early and all(path.exists() for path in early)
+        result = cut.cut_clip(source, start, end, "accurate", tmp_path / "clip.mp4", scratch,
+                              prepared=prepared)
     assert result.method == "smart_cut"
     assert not any(path.exists() for path in early)  # the cut took the early encodes instead of its own
     assert _exact(tmp_path / "clip.mp4", start, end)
@@ -93,7 +94,8 @@ def test_an_early_encode_that_fails_leaves_its_frames_to_the_cut(fresh_server, t
     pipeline, source, prepared = _fetch_with_pipeline(fresh_server, scratch, 7.3, 33.5)
     with pipeline:
         assert [job.result() for job in prepared.encodes.values()].count(None) == 1
-        result = cut.cut_clip(source, 7.3, 33.5, "accurate", tmp_path / "clip.mp4", scratch, prepared=prepared)
+        result = cut.cut_clip(source, 7.3, 33.5, "accurate", tmp_path / "clip.mp4", scratch,
+                              prepared=prepared)
     assert result.method == "smart_cut"
     assert _exact(tmp_path / "clip.mp4", 7.3, 33.5)
 

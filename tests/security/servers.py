@@ -116,4 +116,3 @@ class CountingServer(BackgroundServer):
     def connections(self) -> int:
         with self._server.lock:
             return self._server.connections
-
