@@ -328,6 +328,16 @@ def build_timeline(streams: Streams, source: LocalSource) -> Timeline:
     return Timeline(pts, zero, source.vod_offset, frame)
 
 
+def key_indices(streams: Streams, timeline: Timeline) -> list[int]:
+    """Display indices of the keyframes, in display order."""
+    return sorted(timeline.pts.index(p.pts) for p in streams.video if p.key)
+
+
+def _decode_index(streams: Streams, pts: float) -> int:
+    """Where the video packet shown at ``pts`` lies in decode order (its index in ``streams.video``)."""
+    return next(i for i, p in enumerate(streams.video) if p.pts == pts)
+
+
 def select_frames(timeline: Timeline, start_time: float, end_time: float) -> tuple[int, int]:
     """Return display indices ``(first, last)`` of the frames shown in ``[start_time, end_time)``.
 
@@ -357,7 +367,7 @@ def _closed_packets(streams: Streams, timeline: Timeline, key_index: int):
     """:func:`closed_points` as ``(index in streams.video of the packet that closes it, display index)``."""
     index_of = {pts: i for i, pts in enumerate(timeline.pts)}
     key_pts = timeline.pts[key_index]
-    start = next(i for i, p in enumerate(streams.video) if p.pts == key_pts)
+    start = _decode_index(streams, key_pts)
     count, highest = 0, key_index
     for position in range(start, len(streams.video)):
         count += 1
@@ -377,7 +387,7 @@ def closed_end(streams: Streams, timeline: Timeline, key_index: int, last: int) 
 def splices_cleanly(streams: Streams, timeline: Timeline, key_index: int) -> bool:
     """True if decoding can start at keyframe ``key_index``: no later packet shows a frame before it (closed GOP)."""
     key_pts = timeline.pts[key_index]
-    start = next(i for i, p in enumerate(streams.video) if p.pts == key_pts)
+    start = _decode_index(streams, key_pts)
     return all(p.pts >= key_pts for p in streams.video[start:])
 
 
@@ -452,7 +462,7 @@ def cut_copy(source: LocalSource, streams: Streams, start_time: float, end_time:
                            "it cannot be stream-copied; cut it in accurate mode")
     timeline = build_timeline(streams, source)
     first, last = select_frames(timeline, start_time, end_time)
-    keys = sorted(timeline.pts.index(p.pts) for p in streams.video if p.key)
+    keys = key_indices(streams, timeline)
     at_or_before = [k for k in keys if k <= first]
     if not at_or_before:
         raise InvalidMedia("the fetched media has no keyframe at or before the clip's start")
@@ -607,7 +617,7 @@ def encode_frames(source: LocalSource, streams: Streams, timeline: Timeline, fir
     decoded, copied out by byte range (or by timestamp, whole GOPs), which is
     exact and far cheaper than seeking in MPEG-TS.
     """
-    keys = sorted(timeline.pts.index(p.pts) for p in streams.video if p.key)
+    keys = key_indices(streams, timeline)
     decode_from = max((k for k in keys if k <= first), default=0)
     decode_to = min((k for k in keys if k > last), default=None)
     closing = next((position for position, shown in _closed_packets(streams, timeline, decode_from)
@@ -671,12 +681,18 @@ def _concat(parts: list[tuple[Path, float]], scratch: Path) -> Path:
     return listing
 
 
+def _copy_packet(source: Path, streams: Streams, pts: float, out: Path) -> bool:
+    """Copy the bytes of the video packet shown at ``pts`` into ``out`` as an MPEG-TS file of its own
+    (as :func:`_copy_byte_range`, which says whether it could)."""
+    index = _decode_index(streams, pts)
+    end = streams.video[index + 1].pos if index + 1 < len(streams.video) else source.stat().st_size
+    return _copy_byte_range(source, streams, streams.video[index].pos, end, out)
+
+
 def _headers_at_key(source: Path, streams: Streams, key_pts: float, scratch: Path) -> dict[str, dict[str, int]]:
     """:func:`parameter_sets` of the keyframe at ``key_pts``, read from that one packet's bytes when possible."""
-    index = next(i for i, p in enumerate(streams.video) if p.pts == key_pts)
-    end = streams.video[index + 1].pos if index + 1 < len(streams.video) else source.stat().st_size
     chunk = scratch / "keyframe.ts"
-    if _copy_byte_range(source, streams, streams.video[index].pos, end, chunk):
+    if _copy_packet(source, streams, key_pts, chunk):
         return parameter_sets(chunk)
     return parameter_sets(source, key_pts)
 
@@ -700,7 +716,7 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
     """
     timeline = build_timeline(streams, source)
     first, last = select_frames(timeline, start_time, end_time)
-    keys = sorted(timeline.pts.index(p.pts) for p in streams.video if p.key)
+    keys = key_indices(streams, timeline)
     inner = next((k for k in keys if first <= k <= last), None)
     encoder = None
     if source.uniform and streams.codec == "h264" and inner is not None and splices_cleanly(streams, timeline, inner):
@@ -798,16 +814,13 @@ def thumbnail_from_source(source: LocalSource, streams: Streams, start_time: flo
         return None
     timeline = build_timeline(streams, source)
     first, last = select_frames(timeline, start_time, end_time)
-    keys = [timeline.pts.index(p.pts) for p in streams.video if p.key]
-    inside = sorted(k for k in keys if first <= k <= last)
+    inside = [k for k in key_indices(streams, timeline) if first <= k <= last]
     if not inside:
         return None
     third = first + (last - first + 1) // 3
     key = max((k for k in inside if k <= third), default=inside[0])
-    index = next(i for i, p in enumerate(streams.video) if p.pts == timeline.pts[key])
-    end = streams.video[index + 1].pos if index + 1 < len(streams.video) else source.path.stat().st_size
     keyframe = scratch / "thumbnail-keyframe.ts"
-    if not _copy_byte_range(source.path, streams, streams.video[index].pos, end, keyframe):
+    if not _copy_packet(source.path, streams, timeline.pts[key], keyframe):
         return None
     try:
         return keyframe_thumbnail(keyframe, out)

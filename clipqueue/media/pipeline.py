@@ -122,7 +122,7 @@ class SegmentPipeline:
         if encoder is None:
             return None
         basis = Basis(timeline, encoder + cut.rate_control(streams, source.path, timeline))
-        keys = sorted(timeline.pts.index(p.pts) for p in streams.video if p.key)
+        keys = cut.key_indices(streams, timeline)
         inner = next((k for k in keys if k >= first), None)
         if inner is not None and inner > first and cut.splices_cleanly(streams, timeline, inner):
             self._start(source, streams, timeline, (first, inner - 1), basis, "head")
@@ -142,7 +142,7 @@ class SegmentPipeline:
         except ClipqueueError as exc:
             log.debug("no early tail: %s", exc)
             return
-        keys = sorted(timeline.pts.index(p.pts) for p in streams.video if p.key)
+        keys = cut.key_indices(streams, timeline)
         key = max((k for k in keys if k <= last), default=None)
         if key is None or not cut.splices_cleanly(streams, timeline, key):
             return
