@@ -8,6 +8,7 @@ from flask import Flask
 
 from clipqueue.config import Settings
 from clipqueue.jobs import ClipIdLogFilter, current_clip_id
+from clipqueue.keys import CONTROL_QUEUE
 from clipqueue.queue import JANITOR_TASK, SWEEP_OUTBOX_TASK
 
 
@@ -28,8 +29,30 @@ class AppContextTask(Task):
             current_clip_id.reset(token)
 
 
+def visibility_timeout(settings: Settings) -> int:
+    """How long Redis keeps a delivered, unacknowledged job before giving it to another worker.
+
+    It must outlast the longest a live worker may hold a job: waiting for a
+    free slot behind another job, its retry countdown or lease re-check, then
+    running to the hard time limit. Otherwise kombu redelivers a job that is
+    still running. A worker that dies is noticed sooner through its lease
+    (``LEASE_TTL_SECONDS`` + ``JANITOR_INTERVAL_SECONDS``), so a long timeout
+    costs no recovery time.
+    """
+    held = (2 * settings.job_hard_time_limit_seconds
+            + max(settings.job_retry_backoff_max_seconds, settings.lease_ttl_seconds) + 60)
+    return int(max(settings.visibility_timeout_seconds, held))
+
+
+def _periodic(task: str, every: float) -> dict:
+    # A run that could not start within its interval is dropped: the next one does the same work.
+    return {"task": task, "schedule": every, "options": {"queue": CONTROL_QUEUE, "expires": every}}
+
+
 def celery_init_app(app: Flask, settings: Settings) -> Celery:
     """Create the Celery app for ``app`` and store it in ``app.extensions["celery"]``."""
+    from clipqueue.tasks import register_tasks
+
     celery = Celery(app.name, task_cls=AppContextTask)
     celery.config_from_object("celeryconfig")
     celery.conf.update(
@@ -38,21 +61,19 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
             "socket_connect_timeout": 2,
             "socket_timeout": 30,
             "health_check_interval": 10,
-            "visibility_timeout": settings.visibility_timeout_seconds,
+            "visibility_timeout": visibility_timeout(settings),
         },
         task_soft_time_limit=settings.job_soft_time_limit_seconds,
         task_time_limit=settings.job_hard_time_limit_seconds,
         beat_schedule={
-            "sweep-outbox": {"task": SWEEP_OUTBOX_TASK, "schedule": settings.outbox_sweep_seconds},
-            "janitor": {"task": JANITOR_TASK, "schedule": settings.janitor_interval_seconds},
+            "sweep-outbox": _periodic(SWEEP_OUTBOX_TASK, settings.outbox_sweep_seconds),
+            "janitor": _periodic(JANITOR_TASK, settings.janitor_interval_seconds),
         },
     )
     celery.flask_app = app
     celery.set_default()
     app.extensions["celery"] = celery
-    # Registers the shared tasks with this app.
-    import clipqueue.tasks  # noqa: F401
-
+    register_tasks(celery, settings)
     return celery
 
 

@@ -1,116 +1,115 @@
-"""The dead-letter queue ``clip_extraction_jobs_failed``: jobs that failed for good.
+"""The dead-letter queue: jobs that failed for good, for an operator to inspect and replay.
 
-Each entry is a JSON record (clip id, job payload, error, short traceback,
-attempts, times). Replaying removes the record and queues the same clip again;
-the record's removal is the lock, so replaying twice queues it once.
+The database keeps the records (``models.DeadLetter``, written by
+:func:`clipqueue.clips.mark_failed` with the clip's failure). The Redis list
+``clip_extraction_jobs_failed`` mirrors them as JSON for tools that read
+Redis; :func:`rebuild_mirror` (run by the janitor) makes it whole again when
+Redis lost it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import uuid
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 
-from clipqueue.jobs import JOB_FAILED, get_redis, job_logger, job_store, now_iso
+from clipqueue.jobs import get_redis, job_fields
 from clipqueue.keys import DEAD_LETTER_QUEUE
-from clipqueue.models import STATUS_FAILED, STATUS_PROCESSING, Clip, db, utcnow
-from clipqueue.queue import enqueue_job, job_fields
+from clipqueue.models import Clip, DeadLetter, db, isoformat
+from clipqueue.queue import dead_letter_count
 
 log = logging.getLogger(__name__)
 
-MAX_TRACEBACK_CHARS = 4000
 
-
-def fail_job(clip_id: str, error: str, traceback: str, attempts: int) -> None:
-    """End a job for good: clip ``failed``, job ``failed``, record in the dead-letter queue.
-
-    A clip that is already ``ready`` is left alone: a late failure never undoes a success.
-    """
-    jlog = job_logger(log, clip_id)
-    db.session.rollback()
-    now = utcnow()
-    changed = db.session.execute(
-        sa.update(Clip)
-        .where(Clip.id == uuid.UUID(clip_id), Clip.status == STATUS_PROCESSING)
-        .values(status=STATUS_FAILED, error=error, processed_at=now, updated_at=now)
-    ).rowcount
-    db.session.commit()
-    if not changed:
-        jlog.info("not failing the clip: it is no longer processing")
-        return
-    clip = db.session.get(Clip, uuid.UUID(clip_id))
-    job_store().update(clip_id, status=JOB_FAILED, error=error, completed_at=now_iso(), attempts=attempts)
-    push(clip_id, job_fields(clip), error, traceback, attempts)
-    jlog.error("job failed for good after %d attempt(s): %s", attempts, error)
-
-
-def push(clip_id: str, payload: dict[str, Any], error: str, traceback: str, attempts: int) -> None:
-    """Park a job that failed for good, replacing an older record of the same clip."""
-    remove(clip_id)
-    record = {
-        "clip_id": clip_id,
-        "payload": payload,
-        "error": error,
-        "traceback": traceback[-MAX_TRACEBACK_CHARS:],
-        "attempts": attempts,
-        "failed_at": now_iso(),
+def record(letter: DeadLetter, clip: Clip | None = None) -> dict[str, Any]:
+    """A dead letter as the API, the CLI and the Redis mirror show it."""
+    clip = clip or db.session.get(Clip, letter.clip_id)
+    return {
+        "clip_id": str(letter.clip_id),
+        "payload": job_fields(clip),
+        "error": letter.error,
+        "failure_code": clip.failure_code,
+        "traceback": letter.traceback,
+        "attempts": letter.attempts,
+        "failed_at": isoformat(letter.failed_at),
     }
-    get_redis().rpush(DEAD_LETTER_QUEUE, json.dumps(record, sort_keys=True))
 
 
-def _raw_entries() -> list[bytes]:
-    return get_redis().lrange(DEAD_LETTER_QUEUE, 0, -1)
+def _query():
+    return (sa.select(DeadLetter, Clip).join(Clip, Clip.id == DeadLetter.clip_id)
+            .order_by(DeadLetter.failed_at, DeadLetter.clip_id))
 
 
 def list_entries(limit: int | None = None) -> list[dict[str, Any]]:
     """The records, oldest first."""
-    end = -1 if limit is None else limit - 1
-    return [json.loads(raw) for raw in get_redis().lrange(DEAD_LETTER_QUEUE, 0, end)]
+    query = _query() if limit is None else _query().limit(limit)
+    return [record(letter, clip) for letter, clip in db.session.execute(query).all()]
 
 
 def get_entry(clip_id: str) -> dict[str, Any] | None:
-    for raw in _raw_entries():
-        record = json.loads(raw)
-        if record.get("clip_id") == clip_id:
-            return record
-    return None
+    from clipqueue.clips import clip_uuid
 
-
-def remove(clip_id: str) -> bool:
-    """Remove the clip's record; True only for the caller that removed it."""
-    removed = 0
-    for raw in _raw_entries():
-        if json.loads(raw).get("clip_id") == clip_id:
-            removed += get_redis().lrem(DEAD_LETTER_QUEUE, 1, raw)
-    return removed > 0
+    row = db.session.execute(_query().where(DeadLetter.clip_id == clip_uuid(clip_id))).first()
+    return None if row is None else record(*row)
 
 
 def replay(clip_id: str) -> bool:
     """Queue a dead-lettered clip again; False if it was not (or no longer) dead-lettered."""
-    if not remove(clip_id):
-        return False
-    clip = db.session.get(Clip, uuid.UUID(clip_id))
-    if clip is None:
-        return False
-    if clip.status == STATUS_FAILED:
-        clip.status = STATUS_PROCESSING
-        clip.error = None
-        clip.enqueued_at = None
-        clip.processed_at = None
-        db.session.commit()
-    job_logger(log, clip_id).info("replaying dead-lettered job")
-    enqueue_job(clip)
-    return True
+    from clipqueue.clips import replay as replay_clip
+
+    return replay_clip(clip_id)
 
 
 def purge() -> int:
-    """Drop every record; return how many there were."""
+    """Drop every record (their clips stay failed); return how many there were."""
+    purged = db.session.execute(sa.delete(DeadLetter)).rowcount
+    db.session.commit()
+    try:
+        get_redis().delete(DEAD_LETTER_QUEUE)
+    except redis.RedisError as exc:
+        log.warning("dead-letter list not cleared (Redis unavailable; the janitor rebuilds it): %s", exc)
+    return int(purged)
+
+
+# --- the Redis mirror ------------------------------------------------------
+
+def _mirror_text(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, sort_keys=True)
+
+
+def mirror_push(letter: DeadLetter) -> None:
+    """Add a new record to the Redis list (best effort: the janitor rebuilds what is missing)."""
+    try:
+        mirror_remove(str(letter.clip_id))
+        get_redis().rpush(DEAD_LETTER_QUEUE, _mirror_text(record(letter)))
+    except redis.RedisError as exc:
+        log.warning("dead letter %s not mirrored in Redis (the janitor rebuilds it): %s", letter.clip_id, exc)
+
+
+def mirror_remove(clip_id: str) -> None:
+    """Remove a clip's record from the Redis list."""
     client = get_redis()
+    try:
+        for raw in client.lrange(DEAD_LETTER_QUEUE, 0, -1):
+            if json.loads(raw).get("clip_id") == clip_id:
+                client.lrem(DEAD_LETTER_QUEUE, 0, raw)
+    except redis.RedisError as exc:
+        log.warning("dead letter %s not removed from Redis (the janitor rebuilds it): %s", clip_id, exc)
+
+
+def rebuild_mirror() -> bool:
+    """Make the Redis list match the database when their counts differ; True if it was rebuilt."""
+    client = get_redis()
+    if client.llen(DEAD_LETTER_QUEUE) == dead_letter_count():
+        return False
+    entries = [_mirror_text(entry) for entry in list_entries()]
     pipe = client.pipeline(transaction=True)
-    pipe.llen(DEAD_LETTER_QUEUE)
     pipe.delete(DEAD_LETTER_QUEUE)
-    count, _ = pipe.execute()
-    return int(count)
+    if entries:
+        pipe.rpush(DEAD_LETTER_QUEUE, *entries)
+    pipe.execute()
+    log.warning("dead-letter list in Redis rebuilt from the database (%d job(s))", len(entries))
+    return True

@@ -34,6 +34,18 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def job_fields(clip) -> dict[str, Any]:
+    """What a clip's job is asked to do (SPEC: job metadata), as queued and as dead-lettered."""
+    return {
+        "vod_url": clip.vod_url,
+        "start_time": clip.start_time,
+        "end_time": clip.end_time,
+        "quality": clip.quality,
+        "mode": clip.mode,
+        "title": clip.title,
+    }
+
+
 def worker_name() -> str:
     return socket.gethostname()
 
@@ -115,14 +127,6 @@ class JobStore:
             raise TransientError(f"job store (Redis) unavailable: {error}") from error
         job_logger(log, clip_id).warning("job metadata not updated (Redis unavailable): %s", error)
         return False
-
-    def count_delivery(self, clip_id: str) -> int:
-        """Count one more start of this job (retries and redeliveries alike)."""
-        key = job_key(clip_id)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hincrby(key, "deliveries", 1)
-        pipe.expire(key, self.ttl_seconds)
-        return int(pipe.execute()[0])
 
     def get(self, clip_id: str) -> dict[str, Any] | None:
         raw = self.client.hgetall(job_key(clip_id))

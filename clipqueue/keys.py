@@ -21,3 +21,8 @@ LEASE_KEY_PREFIX = "clip_extraction_lease:"
 def lease_key(clip_id: str) -> str:
     """The lease a running job holds, renewed by its heartbeat; gone means nobody runs it."""
     return f"{LEASE_KEY_PREFIX}{clip_id}"
+
+
+def maintenance_lock_key(name: str) -> str:
+    """The lock one periodic maintenance task (janitor, outbox sweep) holds while it runs."""
+    return f"clipqueue:maintenance-lock:{name}"

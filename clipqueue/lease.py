@@ -2,7 +2,9 @@
 
 A delivery that finds the lease held by someone else is a duplicate of a job
 that is still running and does nothing. A lease that expired means its worker
-died: the janitor re-queues the job.
+died: the janitor re-queues the job. A worker whose lease was lost anyway (it
+stalled past the TTL) stops at its next :meth:`JobLease.check`, so two
+deliveries never both finish the job.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import uuid
 
 import redis
 
+from clipqueue.exceptions import LeaseLost
 from clipqueue.keys import lease_key
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,22 @@ class JobLease:
 
     def renew(self) -> bool:
         return bool(self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
+
+    def check(self, renew: bool = False) -> None:
+        """Raise ``LeaseLost`` if another delivery may run this job now.
+
+        With ``renew``, ask Redis now rather than trust the heartbeat's last
+        answer (before a step that must not run twice); if Redis cannot be
+        reached, the heartbeat's answer stands.
+        """
+        if renew and not self.lost.is_set():
+            try:
+                if not self.renew():
+                    self.lost.set()
+            except redis.RedisError as exc:
+                log.warning("could not renew %s: %s", self.key, exc)
+        if self.lost.is_set():
+            raise LeaseLost(f"the job's lease ({self.key}) was lost; another delivery runs it")
 
     def release(self) -> None:
         try:

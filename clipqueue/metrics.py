@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from clipqueue.api import error_response
 from clipqueue.auth import presented_token, token_is_valid
 from clipqueue.keys import CONTROL_QUEUE, DEAD_LETTER_QUEUE, JOB_QUEUE
-from clipqueue.models import CLIP_STATUSES, Clip, db
+from clipqueue.models import CLIP_STATUSES, STATUS_FAILED, Clip, db
 from clipqueue.queue import unqueued_count
 
 metrics_bp = Blueprint("metrics", __name__)
@@ -53,6 +53,16 @@ class ClipqueueCollector:
         for status in CLIP_STATUSES:
             clips.add_metric([status], counts.get(status, 0))
         yield clips
+
+        # Users' mistakes (a 404 source, a range past the end) and operators' problems apart.
+        failed = GaugeMetricFamily("clipqueue_clips_failed", "Failed clips in the database by reason",
+                                   labels=["reason"])
+        for reason, count in db.session.execute(
+            sa.select(Clip.failure_code, sa.func.count()).where(Clip.status == STATUS_FAILED)
+            .group_by(Clip.failure_code)
+        ).all():
+            failed.add_metric([reason or "unknown"], count)
+        yield failed
 
         yield GaugeMetricFamily("clipqueue_clips_not_yet_queued",
                                 "Clips created while Redis was down, waiting for the outbox sweep",

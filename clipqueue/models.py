@@ -20,7 +20,8 @@ db = SQLAlchemy(model_class=Base)
 STATUS_PROCESSING = "processing"
 STATUS_READY = "ready"
 STATUS_FAILED = "failed"
-CLIP_STATUSES = (STATUS_PROCESSING, STATUS_READY, STATUS_FAILED)
+STATUS_CANCELED = "canceled"
+CLIP_STATUSES = (STATUS_PROCESSING, STATUS_READY, STATUS_FAILED, STATUS_CANCELED)
 
 
 def utcnow() -> datetime:
@@ -64,6 +65,15 @@ class Clip(db.Model):
     muted_ranges: Mapped[list | None] = mapped_column(sa.JSON)
     extraction_method: Mapped[str | None] = mapped_column(sa.String(32))
     error: Mapped[str | None] = mapped_column(sa.Text)
+    # Why a failed clip failed, as a short code metrics count by (see clipqueue.clips.failure_code).
+    failure_code: Mapped[str | None] = mapped_column(sa.String(32))
+    # Starts of its job (retries and redeliveries alike) and re-queues after a lost worker:
+    # the poison-job counters, kept here so that a Redis that restarts empty cannot reset them.
+    deliveries: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    redeliveries: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    # What the job stored (URLs and figures), written before its lease is released, so
+    # that finalizing can be sent again if it is lost (clipqueue.clips.record_output).
+    output: Mapped[dict | None] = mapped_column(sa.JSON)
     # The client's Idempotency-Key: a retried POST finds its clip instead of making a second one.
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255), unique=True)
     # Null until the job reached Redis: the outbox sweep queues such clips.
@@ -101,3 +111,20 @@ class Clip(db.Model):
             "updated_at": isoformat(self.updated_at),
             "processed_at": isoformat(self.processed_at),
         }
+
+
+class DeadLetter(db.Model):
+    """A job that failed for good and that an operator may replay.
+
+    The database keeps these records; the Redis list ``clip_extraction_jobs_failed``
+    mirrors them and is rebuilt from here if Redis loses it.
+    """
+
+    __tablename__ = "dead_letters"
+
+    clip_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("clips.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    error: Mapped[str] = mapped_column(sa.Text)
+    traceback: Mapped[str] = mapped_column(sa.Text, default="")
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    failed_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, index=True)

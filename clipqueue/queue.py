@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from datetime import timedelta
 
@@ -12,9 +13,9 @@ from celery import Celery
 from flask import current_app
 from kombu.exceptions import OperationalError as BrokerError
 
-from clipqueue.jobs import JOB_QUEUED, get_redis, job_logger, job_store, now_iso
-from clipqueue.keys import CONTROL_QUEUE, DEAD_LETTER_QUEUE, JOB_QUEUE
-from clipqueue.models import STATUS_PROCESSING, Clip, db, utcnow
+from clipqueue.jobs import JOB_QUEUED, get_redis, job_fields, job_logger, job_store, now_iso
+from clipqueue.keys import CONTROL_QUEUE, JOB_QUEUE
+from clipqueue.models import STATUS_PROCESSING, Clip, DeadLetter, db, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -28,29 +29,27 @@ def celery_app() -> Celery:
     return current_app.extensions["celery"]
 
 
-def job_fields(clip: Clip) -> dict:
-    """The job metadata that describes what to do (SPEC: job metadata)."""
-    return {
-        "vod_url": clip.vod_url,
-        "start_time": clip.start_time,
-        "end_time": clip.end_time,
-        "quality": clip.quality,
-        "mode": clip.mode,
-        "title": clip.title,
-    }
+def task_id(clip_id: str, step: str, nonce: str) -> str:
+    """Task ids carry the clip id, so Celery's own log lines (and a scan of a queue) name the clip."""
+    return f"clip-{clip_id}-{step}-{nonce}"
 
 
 def send_job(clip_id: str) -> None:
     """Send the clip's Celery chain: ``process_clip`` on the job queue, then ``finalize_clip``."""
     app = celery_app()
-    # Task ids carry the clip id so Celery's own log lines name the clip too.
     nonce = uuid.uuid4().hex[:8]
     chain = app.signature(
         PROCESS_TASK, kwargs={"clip_id": clip_id}, queue=JOB_QUEUE, immutable=True
-    ).set(task_id=f"clip-{clip_id}-extract-{nonce}") | app.signature(
+    ).set(task_id=task_id(clip_id, "extract", nonce)) | app.signature(
         FINALIZE_TASK, kwargs={"clip_id": clip_id}, queue=CONTROL_QUEUE
-    ).set(task_id=f"clip-{clip_id}-finalize-{nonce}")
+    ).set(task_id=task_id(clip_id, "finalize", nonce))
     chain.apply_async(retry=False)
+
+
+def send_finalize(clip_id: str) -> None:
+    """Send ``finalize_clip`` alone, for a job whose output is stored but whose finalizing was lost."""
+    celery_app().signature(FINALIZE_TASK, args=(None,), kwargs={"clip_id": clip_id}, queue=CONTROL_QUEUE).set(
+        task_id=task_id(clip_id, "finalize", uuid.uuid4().hex[:8])).apply_async(retry=False)
 
 
 def enqueue_job(clip: Clip) -> bool:
@@ -74,16 +73,39 @@ def enqueue_job(clip: Clip) -> bool:
     return True
 
 
-def requeue_job(clip: Clip, reason: str, redeliveries: int) -> None:
-    """Queue a job again whose worker was lost, keeping its metadata and counting the redelivery."""
+def requeue_job(clip: Clip, reason: str) -> None:
+    """Queue a job again whose message or worker was lost, keeping its metadata.
+
+    The clip's ``enqueued_at`` becomes now: waiting is counted from the latest enqueue.
+    """
     clip_id = str(clip.id)
     store = job_store()
     if store.get(clip_id) is None:
         store.create(clip_id, job_fields(clip))
     store.update(clip_id, required=True, status=JOB_QUEUED, stage=None, requeued_at=now_iso(),
-                 requeue_reason=reason, redeliveries=redeliveries)
+                 requeue_reason=reason, redeliveries=clip.redeliveries, deliveries=clip.deliveries)
     send_job(clip_id)
-    job_logger(log, clip_id).warning("job re-queued (%s), redelivery %d", reason, redeliveries)
+    clip.enqueued_at = utcnow()
+    db.session.commit()
+    job_logger(log, clip_id).warning("job re-queued (%s), redeliveries so far %d", reason, clip.redeliveries)
+
+
+_EXTRACT_TASK_ID = re.compile(rb"clip-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-extract-")
+_SCAN_CHUNK = 500
+
+
+def waiting_clip_ids() -> set[str]:
+    """The clips whose job message waits in ``clip_extraction_jobs`` now (one pass over the list)."""
+    client = get_redis()
+    found: set[str] = set()
+    start = 0
+    while True:
+        messages = client.lrange(JOB_QUEUE, start, start + _SCAN_CHUNK - 1)
+        for message in messages:
+            found.update(match.decode() for match in _EXTRACT_TASK_ID.findall(message))
+        if len(messages) < _SCAN_CHUNK:
+            return found
+        start += _SCAN_CHUNK
 
 
 def pending_count() -> int:
@@ -92,7 +114,8 @@ def pending_count() -> int:
 
 
 def dead_letter_count() -> int:
-    return int(get_redis().llen(DEAD_LETTER_QUEUE))
+    """Jobs in the dead-letter queue (the database's records; Redis mirrors them)."""
+    return db.session.execute(sa.select(sa.func.count()).select_from(DeadLetter)).scalar_one()
 
 
 def unqueued_count() -> int:

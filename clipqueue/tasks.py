@@ -1,60 +1,64 @@
-"""The worker's tasks: extract and store a clip, then finalize its record.
+"""The worker's tasks: extract and store a clip, then finalize its record; and beat's maintenance.
 
 Extraction, thumbnail and upload run in one task because they share local
 files: workers on different hosts share no disk, so the upload must run where
 the file was cut. Only URLs and probe figures travel to ``finalize_clip``,
-which may run on any host.
+which may run on any host; they are kept in the database first, so a lost
+finalize can be sent again.
+
+The tasks are registered on each Celery app by :func:`register_tasks`, with
+the retry policy of that app's settings.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 import tempfile
 import time
-import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import redis
 import sqlalchemy as sa
-from celery import shared_task
+from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
+from kombu.exceptions import OperationalError as BrokerError
 
-from clipqueue import deadletter
+from clipqueue import clips
 from clipqueue.celery_app import AppContextTask
 from clipqueue.config import Settings
-from clipqueue.exceptions import ClipqueueError, TransientError
+from clipqueue.exceptions import ClipqueueError, InputError, LeaseLost, TransientError
 from clipqueue.janitor import run_janitor
-from clipqueue.jobs import (
-    JOB_COMPLETED, JOB_RETRYING, JOB_RUNNING, get_redis, job_logger, job_store, now_iso, worker_name,
-)
+from clipqueue.jobs import JOB_RETRYING, JOB_RUNNING, get_redis, job_logger, job_store, now_iso, worker_name
+from clipqueue.keys import maintenance_lock_key
 from clipqueue.lease import JobLease
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.media.thumbnail import make_thumbnail
-from clipqueue.models import STATUS_PROCESSING, STATUS_READY, Clip, db, utcnow
+from clipqueue.models import STATUS_PROCESSING, db
 from clipqueue.queue import FINALIZE_TASK, JANITOR_TASK, PROCESS_TASK, SWEEP_OUTBOX_TASK, sweep_outbox
 from clipqueue.storage import object_key, storage_from_settings
-from clipqueue.urlpolicy import SourcePolicy
 
 log = logging.getLogger(__name__)
 
-# autoretry_for reads its backoff when the task is declared, so the retry
-# policy comes from the environment at import (it needs no app).
-_RETRY = Settings.from_env()
 RETRYABLE = (
     TransientError, sa.exc.OperationalError, sa.exc.InterfaceError,
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+    BrokerError, subprocess.TimeoutExpired,
 )
 
 # Share of the progress bar that fetching and cutting take up, and the smallest step written.
 _EXTRACT_SHARE = 0.8
 _PROGRESS_STEP = 10
+SCRATCH_PREFIX = "clip-"
 
 
 class StoredClip(TypedDict):
-    """What ``process_clip`` hands to ``finalize_clip``: no local paths."""
+    """What ``process_clip`` hands to ``finalize_clip`` (and keeps in ``Clip.output``): no local paths."""
 
     video_url: str
     thumbnail_url: str | None
@@ -77,7 +81,22 @@ def describe_error(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, sa.exc.OperationalError):
         return f"database unavailable: {exc.orig}"
+    if isinstance(exc, subprocess.TimeoutExpired):
+        return f"ffmpeg took longer than {exc.timeout:g} s"
     return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def failure_code(exc: BaseException) -> str:
+    """The short reason metrics count failed clips by."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "time_limit"
+    if isinstance(exc, ClipqueueError):
+        return exc.code
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return "database_unavailable"
+    if isinstance(exc, (redis.RedisError, BrokerError)):
+        return "redis_unavailable"
+    return "internal_error"
 
 
 class ClipJobTask(AppContextTask):
@@ -92,49 +111,31 @@ class ClipJobTask(AppContextTask):
             job_store().update(clip_id, status=JOB_RETRYING, error=describe_error(exc))
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
-        clip_id = kwargs["clip_id"]
+        # Retries are spent, or the error is one no retry helps: an operator may replay it.
         with self.flask_context():
-            deadletter.fail_job(clip_id, describe_error(exc), str(einfo), self.request.retries + 1)
+            clips.mark_failed(kwargs["clip_id"], describe_error(exc), code=failure_code(exc),
+                              attempts=self.request.retries + 1, traceback=str(einfo))
 
 
-# Both steps of a job retry alike: transient errors, exponential backoff with full jitter.
-JOB_TASK_OPTIONS = {
-    "bind": True,
-    "base": ClipJobTask,
-    "autoretry_for": RETRYABLE,
-    "max_retries": _RETRY.job_max_retries,
-    "retry_backoff": _RETRY.job_retry_backoff_seconds,
-    "retry_backoff_max": _RETRY.job_retry_backoff_max_seconds,
-    "retry_jitter": True,
-}
-
-
-@shared_task(name=PROCESS_TASK, **JOB_TASK_OPTIONS)
 def process_clip(self, clip_id: str) -> StoredClip | None:
     """Fetch the range, cut it, make the thumbnail and upload both.
 
-    Returns None, doing nothing, for a clip that is no longer processing (a
-    redelivered job of a finished clip) or whose job runs elsewhere right now
-    (a duplicate delivery: the lease is held).
+    Returns the stored output, or None, doing nothing, for a clip that is no
+    longer processing or whose job runs elsewhere right now (a duplicate
+    delivery: the lease is held, or was lost to another delivery mid-way).
     """
     jlog = job_logger(log, clip_id)
     settings: Settings = current_app.config["CLIPQUEUE"]
-    clip = db.session.get(Clip, uuid.UUID(clip_id))
+    clip = clips.get(clip_id)
     if clip is None:
         jlog.warning("no such clip; dropping the job")
         return None
     if clip.status != STATUS_PROCESSING:
         jlog.info("clip is already %s; nothing to do", clip.status)
         return None
-    request = ClipRequest(
-        source_url=clip.vod_url,
-        start_time=clip.start_time,
-        end_time=clip.end_time,
-        quality=clip.quality,
-        mode=clip.mode,
-    )
-    # Hold no database connection through minutes of media work.
-    db.session.remove()
+    if clip.output is not None:
+        jlog.info("clip was already stored; finalizing it")
+        return clip.output
 
     store = job_store()
     worker = self.request.hostname or worker_name()
@@ -147,50 +148,74 @@ def process_clip(self, clip_id: str) -> StoredClip | None:
         self.signature_from_request(countdown=settings.lease_ttl_seconds,
                                     retries=self.request.retries).apply_async()
         return None
-    deliveries = store.count_delivery(clip_id)
-    most = settings.job_max_retries + 1 + settings.max_redeliveries
-    if deliveries > most:
-        lease.release()
-        deadletter.fail_job(clip_id, f"job started {deliveries - 1} times without finishing; giving up",
-                            "", self.request.retries + 1)
-        return None
     with lease:
+        # The holder that just released the lease may have finished the clip: read it again.
+        clip = clips.get(clip_id)
+        if clip.status != STATUS_PROCESSING or clip.output is not None:
+            jlog.info("clip was finished by another delivery (%s)", clip.status)
+            return clip.output if clip.status == STATUS_PROCESSING else None
+        request = ClipRequest(source_url=clip.vod_url, start_time=clip.start_time, end_time=clip.end_time,
+                              quality=clip.quality, mode=clip.mode)
+        deliveries = clips.count_delivery(clip_id)
+        # Hold no database connection through minutes of media work.
+        clip = None
+        db.session.remove()
+        most = settings.job_max_retries + 1 + settings.max_redeliveries
+        if deliveries > most:
+            clips.mark_failed(clip_id, f"job started {deliveries - 1} times without finishing; giving up",
+                              code="poison_job", attempts=self.request.retries + 1, traceback="")
+            return None
         attempt = self.request.retries + 1
         store.update(
             clip_id, status=JOB_RUNNING, started_at=now_iso(), attempts=attempt, worker=worker,
-            stage="fetching", progress=0, error=None,
+            stage="fetching", progress=0, error=None, deliveries=deliveries,
         )
         jlog.info("attempt %d on %s: extracting %.3f-%.3f s (%s, %s)", attempt, worker,
                   request.start_time, request.end_time, request.quality, request.mode)
-        stored = _produce(clip_id, request, settings, store)
-        # Still under the lease: the janitor leaves finalizing jobs alone.
+        try:
+            stored = _produce(clip_id, request, settings, store, lease.check)
+            lease.check(renew=True)
+            if not _keep_output(jlog, clip_id, stored):
+                return None
+        except LeaseLost as exc:
+            jlog.warning("stopped: %s", exc)
+            return None
+        except InputError as exc:
+            # The clip's own input cannot be cut: no retry, no dead letter, one line in the log.
+            clips.mark_failed(clip_id, describe_error(exc), code=failure_code(exc), attempts=attempt)
+            return None
         store.update(clip_id, stage="finalizing", progress=95)
     return stored
 
 
-def _produce(clip_id: str, request: ClipRequest, settings: Settings, store) -> StoredClip:
+def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
+             check_lease: Callable[[], None]) -> StoredClip:
     """Extract, thumbnail and upload in one scratch folder that never outlives the job."""
     jlog = job_logger(log, clip_id)
+    scratch_root = Path(settings.scratch_dir or tempfile.gettempdir())
+    remove_stale_scratch(scratch_root, settings.job_hard_time_limit_seconds * 2)
 
     written = {"stage": None, "progress": -_PROGRESS_STEP}
 
     def on_stage(stage: str, progress: int) -> None:
+        check_lease()
         # A write per fetched part would be Redis round trips the fetch threads wait on: steps of 10.
         progress = int(progress * _EXTRACT_SHARE)
         if stage != written["stage"] or progress >= written["progress"] + _PROGRESS_STEP:
             written.update(stage=stage, progress=progress)
             store.update(clip_id, stage=stage, progress=progress)
 
-    with tempfile.TemporaryDirectory(prefix=f"clip-{clip_id}-", dir=settings.scratch_dir or None) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{clip_id}-", dir=scratch_root) as tmp:
         workdir = Path(tmp)
         began = time.perf_counter()
-        result = extract_clip(request, workdir, extract_options(settings), on_stage)
+        result = extract_clip(request, workdir, ExtractOptions.from_settings(settings, thumbnail=True), on_stage)
         extracted = time.perf_counter()
         thumbnail = result.thumbnail
         # An audio-only clip has no picture to show.
         if thumbnail is None and result.width is not None:
             store.update(clip_id, stage="thumbnail", progress=85)
-            thumbnail = make_thumbnail(result.path, workdir / "thumbnail.jpg", duration=result.duration)
+            thumbnail = _fallback_thumbnail(jlog, result, workdir)
+        check_lease()
         store.update(clip_id, stage="uploading", progress=90)
         storage = storage_from_settings(settings)
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -215,78 +240,120 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store) -> S
     )
 
 
-def extract_options(settings: Settings) -> ExtractOptions:
-    return ExtractOptions(
-        policy=SourcePolicy.from_settings(settings),
-        fetch_concurrency=settings.fetch_concurrency,
-        fetch_retries=settings.fetch_retries,
-        fetch_timeout=settings.fetch_timeout_seconds,
-        max_segments=settings.max_segments,
-        max_fetch_bytes=settings.max_fetch_bytes,
-        max_output_bytes=settings.max_output_bytes,
-        live_wait_deadline=settings.live_wait_deadline_seconds,
-        live_poll_interval=settings.live_poll_seconds,
-        max_redirects=settings.source_max_redirects,
-        thumbnail=True,
-    )
+def _keep_output(jlog, clip_id: str, stored: StoredClip) -> bool:
+    """Keep the output in the database before the lease goes; False if the clip left processing.
+
+    With the database down the output still travels in the finalizing
+    message, which is retried until the database answers: the files are not
+    made again for want of this copy.
+    """
+    try:
+        if clips.record_output(clip_id, dict(stored)):
+            return True
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        jlog.warning("output not kept in the database (finalizing carries it): %s", describe_error(exc))
+        db.session.remove()
+        return True
+    jlog.info("clip left processing while it was cut; its output is not used")
+    return False
 
 
-@shared_task(name=FINALIZE_TASK, **JOB_TASK_OPTIONS)
+def _fallback_thumbnail(jlog, result, workdir: Path) -> Path | None:
+    """A thumbnail from the finished clip; a clip without one is still a clip, so this never fails it."""
+    try:
+        return make_thumbnail(result.path, workdir / "thumbnail.jpg", duration=result.duration)
+    except (ClipqueueError, OSError, subprocess.TimeoutExpired) as exc:
+        jlog.warning("no thumbnail: %s", exc)
+        return None
+
+
+def remove_stale_scratch(root: Path, older_than_seconds: float) -> int:
+    """Remove job folders left by workers killed without cleanup (hard time limit, SIGKILL).
+
+    No job lives longer than its hard time limit, so a folder older than
+    twice that belongs to nobody. Returns how many were removed.
+    """
+    removed = 0
+    cutoff = time.time() - older_than_seconds
+    try:
+        entries = list(root.glob(f"{SCRATCH_PREFIX}*"))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_dir() and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        except OSError:
+            continue
+    if removed:
+        log.info("removed %d stale scratch folder(s) from %s", removed, root)
+    return removed
+
+
 def finalize_clip(self, stored: StoredClip | None, clip_id: str) -> None:
-    """Mark the clip ``ready`` with its URLs, once, and the job ``completed``."""
+    """Mark the clip ``ready`` with its URLs, once, and the job ``completed``.
+
+    Without ``stored`` (a duplicate delivery's chain, or the janitor sending
+    finalizing again) it uses the output the job kept in the database, if any.
+    """
     if stored is None:
-        return
-    jlog = job_logger(log, clip_id)
-    store = job_store()
-    store.update(clip_id, stage="finalizing", progress=95)
-    now = utcnow()
-    changed = db.session.execute(
-        sa.update(Clip)
-        .where(Clip.id == uuid.UUID(clip_id), Clip.status == STATUS_PROCESSING)
-        .values(
-            status=STATUS_READY,
-            video_url=stored["video_url"],
-            thumbnail_url=stored["thumbnail_url"],
-            quality_used=stored["quality_used"],
-            duration=stored["duration"],
-            actual_start_time=stored["actual_start_time"],
-            actual_end_time=stored["actual_end_time"],
-            width=stored["width"],
-            height=stored["height"],
-            size_bytes=stored["size_bytes"],
-            muted_ranges=stored["muted_ranges"],
-            extraction_method=stored["method"],
-            error=None,
-            processed_at=now,
-            updated_at=now,
-        )
-    ).rowcount
-    db.session.commit()
-    if not changed:
-        status = db.session.get(Clip, uuid.UUID(clip_id)).status
-        if status != STATUS_READY:
-            jlog.info("clip is %s; not finalizing it", status)
+        clip = clips.get(clip_id)
+        stored = clip.output if clip is not None and clip.status == STATUS_PROCESSING else None
+        if stored is None:
             return
-        jlog.info("clip was already finalized; only the job metadata is written again")
-    # Required: a retry of this task writes it again (the update above is then a no-op).
-    store.update(
-        clip_id, required=True, status=JOB_COMPLETED, progress=100, completed_at=now_iso(), error=None,
-        video_url=stored["video_url"], thumbnail_url=stored["thumbnail_url"],
-        quality_used=stored["quality_used"],
-    )
-    jlog.info("clip ready: %s", stored["video_url"])
+    job_store().update(clip_id, stage="finalizing", progress=95)
+    clips.mark_ready(clip_id, dict(stored))
 
 
-@shared_task(name=JANITOR_TASK)
-def janitor_task() -> dict:
-    """Re-queue jobs whose worker died, fail clips past the processing deadline."""
-    return dict(run_janitor())
+def _exclusively(name: str, timeout: float, work: Callable[[], Any]) -> Any:
+    """Run ``work`` unless another process runs the same maintenance now; None if it does."""
+    lock = get_redis().lock(maintenance_lock_key(name), timeout=timeout, blocking=False)
+    if not lock.acquire():
+        log.info("%s is already running elsewhere; skipped", name)
+        return None
+    try:
+        return work()
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            pass  # it expired: the work outlived its timeout
 
 
-@shared_task(name=SWEEP_OUTBOX_TASK)
-def sweep_outbox_task() -> int:
+def janitor_task() -> dict | None:
+    """Re-queue jobs that are really lost, send lost finalizing again, rebuild the dead-letter mirror."""
+    settings: Settings = current_app.config["CLIPQUEUE"]
+    result = _exclusively("janitor", max(60.0, 4 * settings.janitor_interval_seconds), run_janitor)
+    return None if result is None else dict(result)
+
+
+def sweep_outbox_task() -> int | None:
     """Queue clips whose job never reached Redis (created while it was down)."""
-    queued = sweep_outbox()
+    settings: Settings = current_app.config["CLIPQUEUE"]
+    queued = _exclusively("outbox", max(60.0, 4 * settings.outbox_sweep_seconds), sweep_outbox)
     if queued:
         log.info("outbox sweep queued %d job(s)", queued)
     return queued
+
+
+def register_tasks(celery: Celery, settings: Settings) -> None:
+    """Register the tasks on ``celery``, retried as ``settings`` say.
+
+    ``autoretry_for`` reads its backoff when a task is declared, so each app
+    declares its own tasks from its own settings instead of at import.
+    """
+    retry = {
+        "shared": False,  # a shared task would carry the first app's options into every later app
+        "bind": True,
+        "base": ClipJobTask,
+        "autoretry_for": RETRYABLE,
+        "max_retries": settings.job_max_retries,
+        "retry_backoff": settings.job_retry_backoff_seconds,
+        "retry_backoff_max": settings.job_retry_backoff_max_seconds,
+        "retry_jitter": True,
+    }
+    celery.task(name=PROCESS_TASK, **retry)(process_clip)
+    celery.task(name=FINALIZE_TASK, **retry)(finalize_clip)
+    celery.task(name=JANITOR_TASK, shared=False)(janitor_task)
+    celery.task(name=SWEEP_OUTBOX_TASK, shared=False)(sweep_outbox_task)

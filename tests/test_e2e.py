@@ -74,7 +74,9 @@ def test_clip_becomes_ready_with_playable_video_and_thumbnail(service_factory, m
     assert all(clip_id in line for line in job_lines), job_lines
 
 
-def test_source_404_ends_failed_with_reason_and_dead_letter(service_factory, vod_server):
+def test_source_404_fails_the_clip_without_a_dead_letter_or_traceback(service_factory, vod_server):
+    from prometheus_client.parser import text_string_to_metric_families
+
     service = service_factory()
     service.start_worker()
     url = f"{vod_server.url}/hls/missing.m3u8"
@@ -88,11 +90,16 @@ def test_source_404_ends_failed_with_reason_and_dead_letter(service_factory, vod
     assert job["status"] == "failed" and "404" in job["error"]
     # A 404 is permanent: one attempt, no retries.
     assert job["attempts"] == 1
-    letters = service.client.get("/api/v1/dead-letter").get_json()
-    assert [entry["clip_id"] for entry in letters["jobs"]] == [clip_id]
-    assert "404" in letters["jobs"][0]["error"]
-    assert letters["jobs"][0]["payload"]["vod_url"] == url
-    assert redis.Redis.from_url(service.env["REDIS_URL"]).llen(DEAD_LETTER_QUEUE) == 1
+    # The user's mistake is no operator's to replay: no dead letter, counted by its reason instead.
+    assert service.client.get("/api/v1/dead-letter").get_json()["jobs"] == []
+    assert redis.Redis.from_url(service.env["REDIS_URL"]).llen(DEAD_LETTER_QUEUE) == 0
+    metrics = service.client.get("/metrics").get_data(as_text=True)
+    failed = {sample.labels["reason"]: sample.value for family in text_string_to_metric_families(metrics)
+              for sample in family.samples if sample.name == "clipqueue_clips_failed"}
+    assert failed == {"source_not_found": 1}
+    # One line about it, not a traceback at ERROR.
+    log = service.worker_logs()
+    assert "Traceback" not in log and " ERROR" not in log, log[-3000:]
 
 
 def test_two_workers_with_separate_scratch_folders_share_the_work(service_factory, master_url, tmp_path):

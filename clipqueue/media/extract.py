@@ -63,6 +63,23 @@ class ExtractOptions:
     max_redirects: int = defaults.SOURCE_MAX_REDIRECTS
     thumbnail: bool = False  # also make ``workdir/thumbnail.jpg`` from a frame of the clip, beside the cut
 
+    @classmethod
+    def from_settings(cls, settings, **overrides) -> "ExtractOptions":
+        """The options a :class:`clipqueue.config.Settings` describes."""
+        return cls(
+            policy=SourcePolicy.from_settings(settings),
+            fetch_concurrency=settings.fetch_concurrency,
+            fetch_retries=settings.fetch_retries,
+            fetch_timeout=settings.fetch_timeout_seconds,
+            max_segments=settings.max_segments,
+            max_fetch_bytes=settings.max_fetch_bytes,
+            max_output_bytes=settings.max_output_bytes,
+            live_wait_deadline=settings.live_wait_deadline_seconds,
+            live_poll_interval=settings.live_poll_seconds,
+            max_redirects=settings.source_max_redirects,
+            **overrides,
+        )
+
 
 @dataclass(frozen=True)
 class ExtractResult:
