@@ -182,3 +182,18 @@ def test_audio_only_clip_becomes_ready_without_a_thumbnail(service_factory, vod_
     info = ffprobe(fetch_stored(service, clip["video_url"], tmp_path / "audio.mp4"))
     assert [s["codec_type"] for s in info["streams"]] == ["audio"]
     assert abs(float(info["format"]["duration"]) - (END - START)) < 0.1
+
+
+def test_clips_shorter_than_a_gop_get_a_thumbnail_in_both_modes(service_factory, master_url, tmp_path):
+    # The test VOD has a keyframe every 2 s: 42.2-43.8 holds none of its own.
+    service = service_factory()
+    service.start_worker()
+    clip_ids = [service.create_clip(vod_url=master_url, start_time=42.2, end_time=43.8, mode=mode)
+                .get_json()["clip_id"] for mode in ("accurate", "copy")]
+    for clip_id in clip_ids:
+        clip = service.wait_for_clip(clip_id)
+        assert clip["status"] == "ready", clip
+        thumbnail = fetch_stored(service, clip["thumbnail_url"], tmp_path / f"{clip_id}.jpg")
+        assert_jpeg(thumbnail)
+        # No error text anywhere names a worker's scratch folder.
+        assert service.env["SCRATCH_DIR"] not in str(service.job(clip_id))
