@@ -10,7 +10,7 @@ from clipqueue.media import cut
 from clipqueue.media.fetch import Fetcher
 from clipqueue.media.pipeline import SegmentPipeline
 from clipqueue.media.playlist import select_segments, parse_media
-from clipqueue.sample.frames import read_frame_ids
+from samplevod.frames import read_frame_ids
 from clipqueue.urlpolicy import SourcePolicy
 
 from .conftest import FPS, media_segments
@@ -19,7 +19,7 @@ POLICY = SourcePolicy(allow_private=True)
 
 
 def _served(server, segment) -> bytes:
-    return (server._server.root / "ts/720p" / segment.url.rsplit("/", 1)[1]).read_bytes()
+    return (server._server.root / "ts/360p" / segment.url.rsplit("/", 1)[1]).read_bytes()
 
 
 def test_segments_asked_for_first_are_fetched_first_when_each_takes_a_connection(fresh_server, tmp_path):
@@ -51,8 +51,8 @@ def test_each_split_segment_is_reported_once_and_whole(fresh_server, tmp_path):
 def _fetch_with_pipeline(server, scratch, start: float, end: float):
     """Fetch the 720p segments of ``start``-``end`` feeding a SegmentPipeline, as extract_clip does; return
     the open pipeline, the joined source and what the pipeline prepared."""
-    text = (server._server.root / "ts/720p/index.m3u8").read_text()
-    segments = select_segments(parse_media(text, f"{server.url}/ts/720p/index.m3u8"), start, end)
+    text = (server._server.root / "ts/360p/index.m3u8").read_text()
+    segments = select_segments(parse_media(text, f"{server.url}/ts/360p/index.m3u8"), start, end)
     pipeline = SegmentPipeline(segments, start, end, scratch)
     assert pipeline.first == tuple(dict.fromkeys((0, len(segments) - 1)))
     with Fetcher(POLICY, concurrency=8, retries=1, timeout=5, max_bytes=10**9) as fetcher:
@@ -102,7 +102,7 @@ def test_an_early_encode_that_fails_leaves_its_frames_to_the_cut(fresh_server, t
 
 def test_a_copy_or_an_fmp4_source_prepares_nothing(fresh_server, tmp_path):
     ts = list(media_segments(fresh_server)[:2])
-    fmp4 = list(media_segments(fresh_server, "fmp4/720p")[:2])
+    fmp4 = list(media_segments(fresh_server, "fmp4/360p")[:2])
     with SegmentPipeline(ts, 1.0, 12.0, tmp_path, smart_cut=False) as pipeline:
         assert pipeline.first == ()
     with SegmentPipeline(fmp4, 1.0, 12.0, tmp_path) as pipeline:
