@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 
 from clipqueue.exceptions import InvalidMedia
+from clipqueue.media.process import without_locations
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def probe_streams(path: Path) -> Streams:
     try:
         container = av.open(str(path), format="mpegts", options={"protocol_whitelist": "file"})
     except av.FFmpegError as exc:
-        raise InvalidMedia(f"cannot read {path}: {exc}") from exc
+        raise InvalidMedia(f"cannot read the fetched media: {without_locations(str(exc), [str(path)])}") from exc
     with container:
         video = next(iter(container.streams.video), None)
         audio = next(iter(container.streams.audio), None)
@@ -63,7 +64,7 @@ def probe_streams(path: Path) -> Streams:
                 if packet.duration:
                     durations[packet.stream.index].append(packet.duration * num / den)
         except av.FFmpegError as exc:
-            raise InvalidMedia(f"cannot read {path}: {exc}") from exc
+            raise InvalidMedia(f"cannot read the fetched media: {without_locations(str(exc), [str(path)])}") from exc
         video_index = video.index if video else None
         audio_index = audio.index if audio else None
 
@@ -73,7 +74,7 @@ def probe_streams(path: Path) -> Streams:
     video_packets = listed.get(video_index, [])
     audio_packets = listed.get(audio_index, [])
     if not video_packets and not audio_packets:
-        raise InvalidMedia(f"{path} has no audio or video packets")
+        raise InvalidMedia("the fetched media has no audio or video packets")
     audio_frame = median(durations[audio_index]) if audio_index is not None else 0.0
     return Streams(video_packets, audio_packets, audio_frame, codec, size, first_position)
 

@@ -66,7 +66,7 @@ def _append(path: Path, out) -> None:
             while offset < size:
                 sent = os.sendfile(out.fileno(), src.fileno(), offset, size - offset)
                 if sent == 0:
-                    raise InvalidMedia(f"{path} shrank while it was being joined")
+                    raise InvalidMedia("a fetched segment shrank while it was being joined")
                 offset += sent
         except OSError:  # no sendfile between these files: through Python's buffers
             out.seek(0, os.SEEK_END)
