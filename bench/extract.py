@@ -23,9 +23,9 @@ from pathlib import Path
 
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.media.playlist import parse_media, select_segments
-from clipqueue.sample.frames import read_frame_ids
-from clipqueue.sample.server import STATS_PATH
-from clipqueue.sample.vod import generate_long_hls_vod
+from samplevod.frames import read_frame_ids
+from samplevod.server import STATS_PATH
+from samplevod.vod import generate_long_hls_vod
 from clipqueue.urlpolicy import SourcePolicy
 
 FPS = 30
@@ -37,7 +37,7 @@ PROFILES = {
 
 
 class CdnProcess:
-    """The CDN-like loopback server (``python -m clipqueue.sample serve``) in a process of its own.
+    """The CDN-like loopback server (``python -m samplevod serve``) in a process of its own.
 
     A CDN runs on a machine of its own: in the benchmark's process its
     threads would share the interpreter with the tools measured.
@@ -45,7 +45,7 @@ class CdnProcess:
 
     def __init__(self, root: Path, latency: float, connection_bandwidth: float | None = None,
                  total_bandwidth: float | None = None):
-        args = [sys.executable, "-m", "clipqueue.sample", "serve", "--port", "0", "--latency", str(latency)]
+        args = [sys.executable, "-m", "samplevod", "serve", "--port", "0", "--latency", str(latency)]
         if connection_bandwidth:
             args += ["--connection-mbps", str(connection_bandwidth / MBIT)]
         if total_bandwidth:

@@ -1,14 +1,13 @@
-"""Decide whether a source URL may be fetched, and fetch it only from the address that was checked.
+"""Decide whether a source URL may be fetched.
 
 Every URL the service fetches (VOD, playlists, variants, segments, init
 segments, keys, and each redirect hop) is vetted by :func:`check_url`: the
 scheme must be http or https, the host is parsed the way browsers and
 ``inet_aton`` parse it (so ``2130706433``, ``0x7f.1`` and ``127.1`` are all
 127.0.0.1), names are resolved, and every address must be public unless the
-policy relaxes that. :func:`open_checked` then connects to the very address
-that was checked (no second DNS lookup, so no DNS-rebinding gap), keeping the
-name for the ``Host`` header and for TLS (SNI and certificate checks), and
-follows redirects by hand, vetting each hop.
+policy relaxes that. :func:`clipqueue.media.http.open_checked` then connects
+to the very address that was checked (no second DNS lookup, so no
+DNS-rebinding gap) and vets each redirect hop here again.
 
 Entries inside playlists get :func:`check_playlist_uri` (or
 :func:`check_playlist_text` for the whole text), which refuses every scheme
@@ -21,22 +20,18 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from dataclasses import dataclass, field, replace
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from clipqueue.exceptions import ForbiddenSource, SourceUnavailable
 
 ALLOWED_SCHEMES = ("http", "https")
-MAX_REDIRECTS = 5
-MAX_ADDRESSES_TRIED = 3  # of a name's checked addresses, on connection failures
 MAX_PLAYLIST_HOSTS = 32
-USER_AGENT = "clipqueue/1"
-# Headers that must not follow a redirect to another origin.
-_CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
+# Lookups bounded by a ``dns_timeout`` run here: a hung resolver holds a thread of this pool, not its caller.
+_BOUNDED_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dns")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -277,6 +272,18 @@ def resolve_host(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
+def _resolve(host: str, port: int, timeout: float | None) -> list[str]:
+    """:func:`resolve_host`, given up after ``timeout`` seconds (``SourceUnavailable``) when one is given."""
+    if timeout is None:
+        return resolve_host(host, port)
+    lookup = _BOUNDED_LOOKUPS.submit(resolve_host, host, port)
+    try:
+        return lookup.result(timeout=timeout)
+    except FutureTimeout as exc:
+        lookup.cancel()  # a lookup still queued behind hung ones never starts
+        raise SourceUnavailable(f"DNS lookup of {host!r} took longer than {timeout:g}s") from exc
+
+
 # --- URLs ------------------------------------------------------------------
 
 def _split(url: str):
@@ -290,11 +297,13 @@ def _split(url: str):
     return parts, port
 
 
-def vet_url(url: str, policy: SourcePolicy) -> CheckedURL:
+def vet_url(url: str, policy: SourcePolicy, dns_timeout: float | None = None) -> CheckedURL:
     """Check ``url`` against ``policy`` and return where it may be fetched from.
 
     Raises ``ForbiddenSource`` (the message starts with "forbidden source")
-    when it may not be fetched; nothing has been sent anywhere then.
+    when it may not be fetched; nothing has been sent anywhere then. With
+    ``dns_timeout``, a name lookup slower than that raises ``SourceUnavailable``
+    (undecided, not refused).
     """
     parts, port = _split(url)
     scheme = parts.scheme.lower()
@@ -314,7 +323,7 @@ def vet_url(url: str, policy: SourcePolicy) -> CheckedURL:
         if _is_localhost_name(host) and not policy.allow_private:
             raise ForbiddenSource(f"forbidden source: {host!r} is this machine (loopback)")
         addresses = []
-        for text in resolve_host(host, port):
+        for text in _resolve(host, port, dns_timeout):
             try:
                 addresses.append(ipaddress.ip_address(text))
             except ValueError as exc:
@@ -329,9 +338,12 @@ def vet_url(url: str, policy: SourcePolicy) -> CheckedURL:
     return CheckedURL(url, scheme, host, port, tuple(str(a) for a in addresses))
 
 
-def check_url(url: str, policy: SourcePolicy) -> list[str]:
-    """Raise ``ForbiddenSource`` unless ``url`` may be fetched; return the checked addresses."""
-    return list(vet_url(url, policy).addresses)
+def check_url(url: str, policy: SourcePolicy, dns_timeout: float | None = None) -> list[str]:
+    """Raise ``ForbiddenSource`` unless ``url`` may be fetched; return the checked addresses.
+
+    ``dns_timeout`` as for :func:`vet_url`.
+    """
+    return list(vet_url(url, policy, dns_timeout).addresses)
 
 
 # --- playlists -------------------------------------------------------------
@@ -404,102 +416,3 @@ def check_playlist_text(text: str, base_url: str, policy: SourcePolicy) -> None:
             raise ForbiddenSource(f"forbidden source: playlist refers to more than {MAX_PLAYLIST_HOSTS} hosts")
         check_url(absolute, policy)
         origins.add(origin)
-
-
-# --- fetching from the checked address --------------------------------------
-
-class PinnedAdapter(HTTPAdapter):
-    """A transport that connects only to the address :func:`open_checked` vetted.
-
-    The connection pool is keyed by that address, the ``Host`` header and TLS
-    (SNI and certificate name) use the URL's host, and proxies are never used.
-    A request that did not come through :func:`open_checked` is refused, so a
-    session built by :func:`checked_session` cannot fetch an unchecked URL.
-    """
-
-    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
-        target: CheckedURL | None = getattr(request, "clipqueue_target", None)
-        if target is None or len(target.addresses) != 1:
-            raise ForbiddenSource("forbidden source: request was not checked by the URL policy (use open_checked)")
-        if proxies and any(proxies.values()):
-            raise ForbiddenSource("forbidden source: checked requests never go through a proxy")
-        request.headers["Host"] = target.host_header
-        return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies={})
-
-    def build_connection_pool_key_attributes(self, request, verify, cert=None):
-        _, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
-        target: CheckedURL = request.clipqueue_target
-        if target.scheme == "https":
-            pool_kwargs["server_hostname"] = target.host
-            pool_kwargs["assert_hostname"] = target.host
-        return {"scheme": target.scheme, "host": target.addresses[0], "port": target.port}, pool_kwargs
-
-
-def checked_session(pool_maxsize: int = 10) -> requests.Session:
-    """A ``requests.Session`` for source fetches: pinned connections, no proxies, no netrc.
-
-    Use it only through :func:`open_checked`; a plain ``session.get`` is refused.
-    """
-    session = requests.Session()
-    session.trust_env = False  # no proxies or .netrc from the environment
-    adapter = PinnedAdapter(pool_connections=4, pool_maxsize=pool_maxsize, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers["User-Agent"] = USER_AGENT
-    return session
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
-
-
-def open_checked(session: requests.Session, url: str, policy: SourcePolicy, *,
-                 method: str = "GET", headers: dict[str, str] | None = None,
-                 timeout: float | tuple[float, float] = 15.0, max_redirects: int = MAX_REDIRECTS,
-                 stream: bool = True, verify: bool | str = True) -> requests.Response:
-    """Send ``method url`` through ``session`` (from :func:`checked_session`) if ``policy`` allows it.
-
-    Connects to the address that was checked; redirects (301, 302, 303, 307,
-    308) are followed by hand, up to ``max_redirects``, each hop checked
-    again before anything is sent to it. Returns the first response that is
-    not a redirect, unread when ``stream``; the caller closes it and judges
-    its status. Raises ``ForbiddenSource`` when the URL or a hop is refused
-    or there are too many redirects, and ``requests`` exceptions (timeouts,
-    connection errors) as they come.
-    """
-    if not isinstance(session.get_adapter("http://"), PinnedAdapter) or \
-            not isinstance(session.get_adapter("https://"), PinnedAdapter):
-        raise TypeError("open_checked needs a session from checked_session()")
-    headers = dict(headers or {})
-    for _ in range(max_redirects + 1):
-        target = vet_url(url, policy)
-        response = _send_pinned(session, method, target, headers, timeout, stream, verify)
-        if not (response.is_redirect and response.headers.get("location")):
-            return response
-        location = response.headers["location"]
-        status = response.status_code
-        response.close()
-        next_url = urljoin(url, location)
-        if _origin(next_url) != _origin(url):
-            headers = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
-        if status == 303 and method != "HEAD":
-            method = "GET"
-        url = next_url
-    raise ForbiddenSource(f"forbidden source: more than {max_redirects} redirects (last to {url[:200]})")
-
-
-def _send_pinned(session: requests.Session, method: str, target: CheckedURL, headers: dict[str, str],
-                 timeout, stream: bool, verify) -> requests.Response:
-    candidates = target.addresses[:MAX_ADDRESSES_TRIED]
-    for index, address in enumerate(candidates):
-        prepared = session.prepare_request(requests.Request(method, target.url, headers=headers))
-        prepared.clipqueue_target = replace(target, addresses=(address,))
-        try:
-            return session.send(prepared, allow_redirects=False, stream=stream, timeout=timeout,
-                                verify=verify, proxies={})
-        except requests.exceptions.ConnectionError:
-            # Another checked address of the same name may answer (e.g. IPv6 unreachable here).
-            if index == len(candidates) - 1:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -62,7 +62,7 @@ def s3_endpoint() -> str:
 @pytest.fixture(scope="session")
 def vod_dir(tmp_path_factory) -> Path:
     """A 60 s HLS VOD with a master playlist, two variants named for their heights, 10 s segments."""
-    from clipqueue.sample.vod import generate_hls_vod
+    from samplevod.vod import generate_hls_vod
 
     root = tmp_path_factory.mktemp("vod")
     variants = (("360p", 640, 360, 800_000), ("160p", 284, 160, 250_000))
@@ -72,7 +72,7 @@ def vod_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def vod_server(vod_dir: Path):
-    from clipqueue.sample.server import serve_directory
+    from samplevod.server import serve_directory
 
     server = serve_directory(vod_dir)
     yield server

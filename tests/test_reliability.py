@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from clipqueue.keys import DEAD_LETTER_QUEUE
-from clipqueue.sample.server import serve_directory
+from samplevod.server import serve_directory
 from tests.services import RedisServer, free_port, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -12,13 +12,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from clipqueue import defaults
-from clipqueue.exceptions import ClipqueueError, LiveVodTimeout, RangeNotInVod, SourceRejected
-from clipqueue.media import cut
+from clipqueue.exceptions import ClipqueueError, InvalidMedia, LiveVodTimeout, RangeNotInVod, SourceRejected
+from clipqueue.media.cut import cut_clip
 from clipqueue.media.fetch import Fetcher, LoopbackRelay
 from clipqueue.media.pipeline import SegmentPipeline
+from clipqueue.media.probe import EXPECTED_SOURCE, describe_non_media
+from clipqueue.media.source import fetch_progressive_window, join_segments
 from clipqueue.media.playlist import (
     QUALITIES,
     MediaPlaylist,
@@ -64,8 +67,8 @@ class ExtractOptions:
     thumbnail: bool = False  # also make ``workdir/thumbnail.jpg`` from a frame of the clip, beside the cut
 
     @classmethod
-    def from_settings(cls, settings, **overrides) -> "ExtractOptions":
-        """The options a :class:`clipqueue.config.Settings` describes."""
+    def from_settings(cls, settings: Any, thumbnail: bool = False) -> ExtractOptions:
+        """The options a :class:`clipqueue.config.Settings` describes (its source policy, fetch and size limits)."""
         return cls(
             policy=SourcePolicy.from_settings(settings),
             fetch_concurrency=settings.fetch_concurrency,
@@ -77,7 +80,7 @@ class ExtractOptions:
             live_wait_deadline=settings.live_wait_deadline_seconds,
             live_poll_interval=settings.live_poll_seconds,
             max_redirects=settings.source_max_redirects,
-            **overrides,
+            thumbnail=thumbnail,
         )
 
 
@@ -118,6 +121,9 @@ def get_playlist(fetcher: Fetcher, url: str, options: ExtractOptions) -> tuple[s
     Returns its text and final URL.
     """
     text, final_url = fetcher.get_text(url)
+    head = text[:256].encode()
+    if not looks_like_playlist(head):
+        raise InvalidMedia(f"got {describe_non_media(head) or 'something else'} at {url}, {EXPECTED_SOURCE}")
     check_playlist_text(text, final_url, options.policy)
     return text, final_url
 
@@ -163,7 +169,8 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
                                                   options.fetch_timeout, options.max_fetch_bytes,
                                                   options.max_redirects))
             url = request.source_url
-            if _is_playlist_url(url) or looks_like_playlist(fetcher.head_bytes(url)):
+            head = None if _is_playlist_url(url) else fetcher.head_bytes(url)
+            if head is None or looks_like_playlist(head):
                 text, url = get_playlist(fetcher, url, options)
                 quality_used = None  # a media playlist names no rendition: reported from the clip below
                 if is_master_playlist(text):
@@ -184,14 +191,17 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
                     on_progress=lambda done, total: stage("fetching", min(99, 100 * done // max(1, total))),
                     on_segment=pipeline.segment_fetched, first=pipeline.first,
                 )
-                source = cut.join_segments(fetched, scratch / "source")
+                source = join_segments(fetched, scratch / "source")
                 prepared = pipeline.prepared(source)
             else:
+                wrong = describe_non_media(head)
+                if wrong is not None:
+                    raise InvalidMedia(f"got {wrong} at {url}, {EXPECTED_SOURCE}")
                 quality_used = "source"
                 with LoopbackRelay(fetcher, url) as relay:
                     try:
-                        source = cut.fetch_progressive_window(relay.url, request.start_time, request.end_time,
-                                                              scratch / "source", options.fetch_timeout)
+                        source = fetch_progressive_window(relay.url, request.start_time, request.end_time,
+                                                          scratch / "source", options.fetch_timeout)
                     except ClipqueueError:
                         relay.raise_upstream_error()  # the source's failure, not FFmpeg's view of it
                         raise
@@ -200,10 +210,10 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
             bytes_fetched = fetcher.bytes_fetched
             stage("fetching", 100)
             stage("cutting", 0)
-            clip = cut.cut_clip(source, request.start_time, request.end_time, request.mode, output, scratch,
-                                on_progress=lambda progress: stage("cutting", progress),
-                                thumbnail=workdir / "thumbnail.jpg" if options.thumbnail else None,
-                                prepared=prepared, audio_only=request.quality == "audio_only")
+            clip = cut_clip(source, request.start_time, request.end_time, request.mode, output, scratch,
+                            on_progress=lambda progress: stage("cutting", progress),
+                            thumbnail=workdir / "thumbnail.jpg" if options.thumbnail else None,
+                            prepared=prepared, audio_only=request.quality == "audio_only")
         if clip.size_bytes > options.max_output_bytes:
             output.unlink(missing_ok=True)
             raise SourceRejected(f"clip is {clip.size_bytes} bytes, more than {options.max_output_bytes}")

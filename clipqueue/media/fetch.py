@@ -1,6 +1,6 @@
 """Fetch playlists and segments over HTTP: checked, bounded, retried, streamed to disk.
 
-Every request goes through :func:`urlpolicy.open_checked`: each URL and
+Every request goes through :func:`clipqueue.media.http.open_checked`: each URL and
 redirect hop is checked and the connection goes to the very address that was
 checked (no second DNS lookup). Segments
 are fetched in parallel over a pool of keep-alive connections; when there
@@ -36,8 +36,8 @@ from clipqueue.exceptions import (
     SourceUnavailable,
     TransientError,
 )
+from clipqueue.media.http import MAX_REDIRECTS, checked_session, open_checked
 from clipqueue.media.playlist import Segment
-from clipqueue import urlpolicy
 from clipqueue.urlpolicy import SourcePolicy
 
 MAX_PLAYLIST_BYTES = 8 * 1024 * 1024
@@ -74,7 +74,7 @@ class Fetcher:
     """An HTTP client for one job: a keep-alive pool, a byte budget and a count of bytes fetched."""
 
     def __init__(self, policy: SourcePolicy, concurrency: int, retries: int, timeout: float, max_bytes: int,
-                 max_redirects: int = urlpolicy.MAX_REDIRECTS):
+                 max_redirects: int = MAX_REDIRECTS):
         self.policy = policy
         self.max_redirects = max_redirects
         self.concurrency = max(1, concurrency)
@@ -83,7 +83,7 @@ class Fetcher:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._bytes = 0
-        self._session = urlpolicy.checked_session(pool_maxsize=self.concurrency + 2)
+        self._session = checked_session(pool_maxsize=self.concurrency + 2)
 
     @property
     def bytes_fetched(self) -> int:
@@ -108,8 +108,8 @@ class Fetcher:
     def _open(self, url: str, headers: dict[str, str] | None = None) -> requests.Response:
         """GET ``url`` from the checked address, each redirect hop checked; the response is unread."""
         try:
-            response = urlpolicy.open_checked(self._session, url, self.policy, headers=headers,
-                                              timeout=self.timeout, max_redirects=self.max_redirects)
+            response = open_checked(self._session, url, self.policy, headers=headers,
+                                    timeout=self.timeout, max_redirects=self.max_redirects)
         except requests.RequestException as exc:
             raise SourceUnavailable(f"cannot fetch {url}: {exc.__class__.__name__}: {exc}") from exc
         if response.status_code >= 400:

@@ -26,20 +26,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipqueue.exceptions import ClipqueueError
-from clipqueue.media import cut
+from clipqueue.media.cut import Prepared
+from clipqueue.media.encode import encode_frames
 from clipqueue.media.fetch import FetchedSegment
+from clipqueue.media.h264 import ParameterSets, matching_encoder, parameter_sets, rate_control
+from clipqueue.media.packets import Streams, join_streams, probe_streams
 from clipqueue.media.playlist import Segment
+from clipqueue.media.source import LocalSource
+from clipqueue.media.timeline import (
+    Timeline,
+    build_timeline,
+    closed_points,
+    key_indices,
+    select_frames,
+    splices_cleanly,
+)
 
 log = logging.getLogger(__name__)
 
-Part = tuple[Path, dict[str, dict[str, int]]]
+Part = tuple[Path, ParameterSets]
 
 
 @dataclass(frozen=True)
 class Basis:
     """What the early encodes share, from the first segment: its timeline and the matching encoder."""
 
-    timeline: cut.Timeline
+    timeline: Timeline
     encoder: list[str]
 
 
@@ -64,7 +76,7 @@ class SegmentPipeline:
             for i, s in enumerate(segments))
         self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="early-cut")
         self._lock = threading.Lock()
-        self._landed: dict[int, cut.LocalSource] = {}
+        self._landed: dict[int, LocalSource] = {}
         self._probes: dict[int, Future] = {}
         self._headers: Future | None = None
         self._basis: Future | None = None
@@ -97,38 +109,38 @@ class SegmentPipeline:
             self.enabled = False
             return
         with self._lock:
-            self._landed[index] = cut.LocalSource(own, fetched.segment.start)
-            self._probes[index] = self._pool.submit(cut.probe_streams, own)
+            self._landed[index] = LocalSource(own, fetched.segment.start)
+            self._probes[index] = self._pool.submit(probe_streams, own)
             if index == 0:
-                self._headers = self._pool.submit(cut.parameter_sets, own)
+                self._headers = self._pool.submit(parameter_sets, own)
                 self._basis = self._pool.submit(self._start_head, self._landed[0])
             if index in (0, self.last) and {0, self.last} <= self._landed.keys():
                 # The second of the two has landed: the tail needs the first segment's timeline.
                 self._tail = self._pool.submit(self._start_tail, self._landed[self.last])
 
-    def _start_head(self, source: cut.LocalSource) -> Basis | None:
+    def _start_head(self, source: LocalSource) -> Basis | None:
         """Choose the encoder from the first segment; encode the head if the first keyframe is in it."""
         try:
             streams = self._probes[0].result()
             headers = self._headers.result()
             if not streams.video or streams.codec != "h264":
                 return None
-            timeline = cut.build_timeline(streams, source)
-            encoder = cut.matching_encoder(headers, streams, timeline)
-            first, _ = cut.select_frames(timeline, self.start_time, self.end_time)
+            timeline = build_timeline(streams, source)
+            encoder = matching_encoder(headers, streams, timeline)
+            first, _ = select_frames(timeline, self.start_time, self.end_time)
         except ClipqueueError as exc:  # the cut probes the joined file and reports what is wrong
             log.debug("no early encodes: %s", exc)
             return None
         if encoder is None:
             return None
-        basis = Basis(timeline, encoder + cut.rate_control(streams, source.path, timeline))
-        keys = cut.key_indices(streams, timeline)
+        basis = Basis(timeline, encoder + rate_control(streams, source.path, timeline))
+        keys = key_indices(streams, timeline)
         inner = next((k for k in keys if k >= first), None)
-        if inner is not None and inner > first and cut.splices_cleanly(streams, timeline, inner):
+        if inner is not None and inner > first and splices_cleanly(streams, timeline, inner):
             self._start(source, streams, timeline, (first, inner - 1), basis, "head")
         return basis
 
-    def _start_tail(self, source: cut.LocalSource) -> None:
+    def _start_tail(self, source: LocalSource) -> None:
         """Start encoding the tail from the last segment: the frames after the last clean copy point."""
         basis = self._basis.result()
         if basis is None:
@@ -136,21 +148,21 @@ class SegmentPipeline:
         try:
             streams = self._probes[self.last].result()
             # On the first segment's timeline: the mapping the cut uses for the joined file.
-            timeline = cut.Timeline(sorted(p.pts for p in streams.video), basis.timeline.zero,
-                                    basis.timeline.offset, basis.timeline.frame)
-            _, last = cut.select_frames(timeline, self.start_time, self.end_time)
+            timeline = Timeline(sorted(p.pts for p in streams.video), basis.timeline.zero,
+                                basis.timeline.offset, basis.timeline.frame)
+            _, last = select_frames(timeline, self.start_time, self.end_time)
         except ClipqueueError as exc:
             log.debug("no early tail: %s", exc)
             return
-        keys = cut.key_indices(streams, timeline)
+        keys = key_indices(streams, timeline)
         key = max((k for k in keys if k <= last), default=None)
-        if key is None or not cut.splices_cleanly(streams, timeline, key):
+        if key is None or not splices_cleanly(streams, timeline, key):
             return
-        copy_end = max(p for p in cut.closed_points(streams, timeline, key) if p <= last)
+        copy_end = max(p for p in closed_points(streams, timeline, key) if p <= last)
         if copy_end < last:
             self._start(source, streams, timeline, (copy_end + 1, last), basis, "tail")
 
-    def _start(self, source: cut.LocalSource, streams: cut.Streams, timeline: cut.Timeline,
+    def _start(self, source: LocalSource, streams: Streams, timeline: Timeline,
                frames: tuple[int, int], basis: Basis, name: str) -> None:
         key = (timeline.pts[frames[0]], timeline.pts[frames[1]])
         encode = self._pool.submit(self._encode, source, streams, timeline, frames, basis.encoder,
@@ -159,20 +171,20 @@ class SegmentPipeline:
             self._encodes[key] = encode
 
     @staticmethod
-    def _encode(source: cut.LocalSource, streams: cut.Streams, timeline: cut.Timeline,
+    def _encode(source: LocalSource, streams: Streams, timeline: Timeline,
                 frames: tuple[int, int], encoder: list[str], out: Path) -> Part | None:
         try:
-            return out, cut.encode_frames(source, streams, timeline, frames[0], frames[1], encoder, out)
+            return out, encode_frames(source, streams, timeline, frames[0], frames[1], encoder, out)
         except Exception as exc:  # speculative: the cut encodes these frames itself
             log.debug("early encode of %s failed: %s", out.name, exc)
             return None
 
-    def prepared(self, joined: cut.LocalSource) -> cut.Prepared | None:
+    def prepared(self, joined: LocalSource) -> Prepared | None:
         """What the cut of ``joined`` (the segments joined in order) can use; None if nothing."""
         if not self.enabled or len(self._landed) != self.last + 1:
             return None
         try:
-            headers = self._headers.result() if self._headers else {}
+            headers = self._headers.result() if self._headers else ParameterSets()
             parts, offset = [], 0
             for index in sorted(self._landed):
                 parts.append((self._probes[index].result(), offset))
@@ -183,6 +195,6 @@ class SegmentPipeline:
         except Exception as exc:  # speculative: the cut probes the joined file and reports what is wrong
             log.debug("segment probes unusable: %s", exc)
             return None
-        streams = cut.join_streams(parts) if offset == joined.path.stat().st_size else None
+        streams = join_streams(parts) if offset == joined.path.stat().st_size else None
         with self._lock:
-            return cut.Prepared(streams, headers, dict(self._encodes))
+            return Prepared(streams, headers, dict(self._encodes))

@@ -8,15 +8,15 @@ import pytest
 
 from clipqueue.media.extract import ExtractOptions
 from clipqueue.media.playlist import Segment, parse_media
-from clipqueue.sample.server import serve_directory
-from clipqueue.sample.vod import generate_hls_vod, generate_progressive_mp4
+from samplevod.server import serve_directory
+from samplevod.vod import generate_hls_vod, generate_progressive_mp4
 from clipqueue.urlpolicy import SourcePolicy
 
 FPS = 30
 MUTED_SEGMENT = 2
 
 
-def media_segments(server, variant: str = "ts/720p") -> tuple[Segment, ...]:
+def media_segments(server, variant: str = "ts/360p") -> tuple[Segment, ...]:
     """The segments of one of ``server``'s media playlists."""
     text = (server._server.root / variant / "index.m3u8").read_text()
     return parse_media(text, f"{server.url}/{variant}/index.m3u8").segments

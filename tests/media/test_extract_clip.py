@@ -8,7 +8,7 @@ import pytest
 
 from clipqueue.exceptions import ForbiddenSource, InvalidMedia, SourceNotFound
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
-from clipqueue.sample.frames import read_frame_ids
+from samplevod.frames import read_frame_ids
 
 from tests.mediacheck import assert_playable_mp4, ffprobe
 
@@ -59,11 +59,11 @@ def test_accurate_mode_shows_exactly_the_asked_frames_from_a_keyframe(fresh_serv
 
 
 def test_audio_only_quality_gives_an_audio_clip_of_the_range(tmp_path_factory, options, tmp_path):
-    from clipqueue.sample.server import serve_directory
-    from clipqueue.sample.vod import generate_hls_vod
+    from samplevod.server import serve_directory
+    from samplevod.vod import generate_hls_vod
 
     root = tmp_path_factory.mktemp("audio-only")
-    generate_hls_vod(root, duration=20, variants=(("480p", 426, 240, 400_000), ("audio_only", 0, 0, 160_000)))
+    generate_hls_vod(root, duration=20, variants=(("240p", 426, 240, 400_000), ("audio_only", 0, 0, 160_000)))
     with serve_directory(root) as server:
         result = extract_clip(ClipRequest(f"{server.url}/master.m3u8", 4.5, 12.0, quality="audio_only"), tmp_path, options)
     assert result.quality_used == "audio_only"
@@ -86,8 +86,8 @@ def test_audio_only_from_a_master_without_an_audio_rendition_drops_the_video(fre
 def discontinuous_vods(tmp_path_factory):
     """Two 20 s VODs stitched with #EXT-X-DISCONTINUITY (timestamps and frame numbers restart at 20 s):
     ``same.m3u8`` with the same encoding on both sides, ``resized.m3u8`` with a smaller picture after it."""
-    from clipqueue.sample.server import serve_directory
-    from clipqueue.sample.vod import generate_hls_vod
+    from samplevod.server import serve_directory
+    from samplevod.vod import generate_hls_vod
 
     root = tmp_path_factory.mktemp("discontinuity")
     generate_hls_vod(root / "a", duration=20, variants=(("360p", 640, 360, 800_000),), fps=FPS)
@@ -139,14 +139,14 @@ def test_clip_across_a_discontinuity_where_the_encoding_changes(discontinuous_vo
 
 @pytest.fixture(scope="module")
 def changed_encoding(media_root, tmp_path_factory):
-    """The 480p rendition with its second segment re-encoded with CAVLC instead of CABAC, timestamps kept and
+    """The 240p rendition with its second segment re-encoded with CAVLC instead of CABAC, timestamps kept and
     no discontinuity tag: the picture parameter sets change mid-stream, as when an encoder is reconfigured."""
     import subprocess
 
-    from clipqueue.sample.server import serve_directory
+    from samplevod.server import serve_directory
 
     root = tmp_path_factory.mktemp("changed-encoding")
-    source = media_root / "ts" / "480p"
+    source = media_root / "ts" / "240p"
     for name in ("0.ts", "2-muted.ts", "3.ts"):
         (root / name).write_bytes((source / name).read_bytes())
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-copyts", "-i", str(source / "1.ts"), "-map", "0",

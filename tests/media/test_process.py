@@ -1,13 +1,19 @@
-"""ffmpeg never outlives the worker process that started it."""
+"""ffmpeg never outlives the worker process that started it, sees none of its secrets and names none of its files."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
+import pytest
+
+from clipqueue.exceptions import InvalidMedia, SourceUnavailable
+from clipqueue.media.probe import PROGRESSIVE_FORMATS, probe_media
+from clipqueue.media.process import CHILD_ENVIRONMENT, run_ffmpeg
 from tests.services import wait_until
 
 # A pool process running a long ffmpeg through run_ffmpeg, as a job would.
@@ -37,3 +43,32 @@ def test_ffmpeg_dies_when_its_worker_process_is_killed():
             os.kill(int(line.split()[0]), signal.SIGKILL)
         if child.poll() is None:
             child.kill()
+
+
+def test_children_see_only_a_minimal_environment(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-ffmpeg")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://user:password@db/clips")
+    seen = dict(line.split("=", 1) for line in run_ffmpeg(["env"]).splitlines() if "=" in line)
+    assert "AWS_SECRET_ACCESS_KEY" not in seen and "DATABASE_URL" not in seen
+    assert set(seen) <= set(CHILD_ENVIRONMENT)
+    assert seen["PATH"] == os.environ["PATH"]  # ffmpeg is still found
+
+
+def test_a_failed_ffmpeg_names_no_local_path(tmp_path):
+    missing = tmp_path / "extract-tmp" / "source.ts"
+    with pytest.raises(InvalidMedia) as caught:
+        run_ffmpeg(["ffmpeg", "-v", "error", "-i", str(missing), "-f", "null", "-"], what="reading the source")
+    assert str(tmp_path) not in str(caught.value) and "extract-tmp" not in str(caught.value)
+    assert "No such file" in str(caught.value)  # what went wrong is still said
+
+
+def test_a_probe_of_a_relay_that_never_answers_gives_up_within_its_timeout():
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/source"
+        started = time.monotonic()
+        with pytest.raises(SourceUnavailable) as caught:
+            probe_media(url, PROGRESSIVE_FORMATS, what="the source", timeout=2)
+        assert time.monotonic() - started < 10
+    assert "127.0.0.1" not in str(caught.value) and "the source" in str(caught.value)

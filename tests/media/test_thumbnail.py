@@ -7,7 +7,7 @@ import pytest
 from clipqueue.exceptions import InvalidMedia
 from clipqueue.media.extract import ClipRequest, extract_clip
 from clipqueue.media.thumbnail import make_thumbnail
-from clipqueue.sample.frames import read_frame_ids
+from samplevod.frames import read_frame_ids
 from tests.mediacheck import assert_jpeg
 
 from .conftest import FPS
@@ -45,8 +45,27 @@ def test_the_cut_makes_the_thumbnail_from_the_keyframe_a_third_of_the_way_into_t
 
     options = ExtractOptions(policy=SourcePolicy(allow_private=True), thumbnail=True)
     # The 426x240 rendition: not scaled, so the burned-in frame number can be read back.
-    result = extract_clip(ClipRequest(f"{server.url}/ts/480p/index.m3u8", 7.3, 19.5, mode=mode), tmp_path, options)
+    result = extract_clip(ClipRequest(f"{server.url}/ts/240p/index.m3u8", 7.3, 19.5, mode=mode), tmp_path, options)
     assert result.thumbnail == tmp_path / "thumbnail.jpg"
     assert int(assert_jpeg(result.thumbnail)["width"]) == 426
     # A third of 7.3-19.5 s is 11.37 s; keyframes are every 2 s: the one at 10 s.
     assert read_frame_ids(result.thumbnail) == [10 * FPS]
+
+
+@pytest.mark.parametrize("mode", ["accurate", "copy"])
+def test_a_clip_shorter_than_a_gop_gets_a_thumbnail(server, tmp_path, mode):
+    """22.2-23.8 s holds no source keyframe (they are every 2 s): the clip's only keyframe is its first frame."""
+    from clipqueue.media.extract import ExtractOptions
+    from clipqueue.urlpolicy import SourcePolicy
+
+    options = ExtractOptions(policy=SourcePolicy(allow_private=True), thumbnail=True)
+    result = extract_clip(ClipRequest(f"{server.url}/ts/240p/index.m3u8", 22.2, 23.8, mode=mode), tmp_path, options)
+    first_frame = read_frame_ids(result.path)[0]
+    made_by_the_cut = result.thumbnail
+    if made_by_the_cut is not None:  # the copy's own first frame is a source keyframe
+        assert (int(assert_jpeg(made_by_the_cut)["width"]), read_frame_ids(made_by_the_cut)) == (426, [first_frame])
+    for duration in (result.duration, None):
+        out = make_thumbnail(result.path, tmp_path / f"after-{duration}.jpg", duration=duration)
+        image = assert_jpeg(out)
+        assert (int(image["width"]), int(image["height"])) == (426, 240)
+        assert read_frame_ids(out) == [first_frame]

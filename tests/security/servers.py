@@ -8,7 +8,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from clipqueue.sample.server import BackgroundServer
+from samplevod.server import BackgroundServer
 
 
 class _Handler(BaseHTTPRequestHandler):

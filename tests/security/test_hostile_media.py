@@ -12,8 +12,8 @@ import pytest
 
 from clipqueue.exceptions import ClipqueueError, ForbiddenSource, InvalidMedia, SourceUnavailable
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
-from clipqueue.sample.server import serve_directory
-from clipqueue.sample.vod import generate_hls_vod
+from samplevod.server import serve_directory
+from samplevod.vod import generate_hls_vod
 from clipqueue.urlpolicy import SourcePolicy
 
 # What must never appear in any output: the first line of /etc/passwd, and a
@@ -43,7 +43,7 @@ def secret_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def hostile_root(tmp_path_factory, secret_file) -> Path:
     root = tmp_path_factory.mktemp("hostile")
-    generate_hls_vod(root / "hls", duration=20, segment_seconds=10, variants=(("720p", 640, 360, 800000),))
+    generate_hls_vod(root / "hls", duration=20, segment_seconds=10, variants=(("360p", 640, 360, 800000),))
     return root
 
 
@@ -54,8 +54,8 @@ def source(hostile_root):
 
 
 def _write_playlist(root: Path, name: str, text: str) -> str:
-    (root / "hls" / "720p" / name).write_text(text)
-    return f"hls/720p/{name}"
+    (root / "hls" / "360p" / name).write_text(text)
+    return f"hls/360p/{name}"
 
 
 def _assert_nothing_local_in(workdir: Path) -> None:
@@ -78,7 +78,7 @@ def _smuggled_entries(secret_file: Path, port: int) -> dict[str, tuple[str, str]
     return {
         "file-segment": ("", local),
         "passwd-segment": ("", "file:///etc/passwd"),
-        "concat-segment": ("", f"concat:http://127.0.0.1:{port}/hls/720p/0.ts|{local}"),
+        "concat-segment": ("", f"concat:http://127.0.0.1:{port}/hls/360p/0.ts|{local}"),
         "subfile-segment": ("", f"subfile,,start,0,end,0,,:{secret_file}"),
         "data-segment": ("", "data:video/mp2t;base64,R0lG"),
         "link-local-segment": ("", "http://169.254.169.254/latest/meta-data/"),
@@ -117,7 +117,7 @@ def test_absolute_path_segment_is_fetched_from_the_source_not_the_disk(source, h
     _assert_nothing_local_in(tmp_path)
 
 
-@pytest.mark.parametrize("variant", ["file:///etc/passwd", "concat:720p/index.m3u8|file:///etc/passwd",
+@pytest.mark.parametrize("variant", ["file:///etc/passwd", "concat:360p/index.m3u8|file:///etc/passwd",
                                      "http://169.254.169.254/latest/meta-data/"])
 def test_smuggled_variant_fails_the_job(source, hostile_root, tmp_path, variant):
     master = (
@@ -158,11 +158,11 @@ def _ffmpeg_children() -> list[int]:
 
 
 def test_source_that_stalls_mid_segment_fails_within_the_timeout_and_leaves_no_ffmpeg(source, tmp_path):
-    source.behaviour.stall["/hls/720p/1.ts"] = 30.0
+    source.behaviour.stall["/hls/360p/1.ts"] = 30.0
     try:
         began = time.monotonic()
         with pytest.raises(SourceUnavailable):
-            extract_clip(ClipRequest(f"{source.url}/hls/720p/index.m3u8", 2, 18, mode="copy"), tmp_path,
+            extract_clip(ClipRequest(f"{source.url}/hls/360p/index.m3u8", 2, 18, mode="copy"), tmp_path,
                          _options(fetch_timeout=1.0))
         assert time.monotonic() - began < 10
     finally:
@@ -173,7 +173,7 @@ def test_source_that_stalls_mid_segment_fails_within_the_timeout_and_leaves_no_f
 
 
 def test_progressive_source_cannot_redirect_ffmpeg_after_the_check(tmp_path):
-    from clipqueue.sample.vod import generate_progressive_mp4
+    from samplevod.vod import generate_progressive_mp4
     from tests.security.servers import CountingServer
 
     mp4 = tmp_path / "source.mp4"
@@ -200,7 +200,7 @@ def _playlist_posing_as_media(secret_file: Path) -> str:
 @pytest.mark.parametrize("start,end", [(2, 8), (2, 18)])
 def test_segment_whose_content_is_a_playlist_fails_as_invalid_media_and_reads_nothing_local(
         source, hostile_root, secret_file, tmp_path, start, end):
-    (hostile_root / "hls" / "720p" / "evil.ts").write_text(_playlist_posing_as_media(secret_file))
+    (hostile_root / "hls" / "360p" / "evil.ts").write_text(_playlist_posing_as_media(secret_file))
     path = _write_playlist(hostile_root, "evil-segment.m3u8", SEGMENT_PLAYLIST.format(header="", first="evil.ts"))
     with pytest.raises(InvalidMedia):
         extract_clip(ClipRequest(f"{source.url}/{path}", start, end), tmp_path, _options())
@@ -210,7 +210,7 @@ def test_segment_whose_content_is_a_playlist_fails_as_invalid_media_and_reads_no
 
 def test_avi_segment_is_not_demuxed_as_avi(source, hostile_root, tmp_path):
     # AVI is how CVE-2016-1897/1898 and CVE-2017-9993 smuggled a playlist in: never let its demuxer run.
-    avi = hostile_root / "hls" / "720p" / "clip.avi.ts"
+    avi = hostile_root / "hls" / "360p" / "clip.avi.ts"
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=30:duration=10",
                     "-c:v", "mpeg4", "-f", "avi", str(avi)], check=True)
     path = _write_playlist(hostile_root, "avi-segment.m3u8", SEGMENT_PLAYLIST.format(header="", first=avi.name))

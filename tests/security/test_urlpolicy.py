@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import ssl
+import threading
+import time
 
 import pytest
 import requests
 
-from clipqueue.exceptions import ForbiddenSource
-from clipqueue.urlpolicy import (
-    MAX_REDIRECTS,
-    SourcePolicy,
-    check_playlist_text,
-    check_playlist_uri,
-    check_url,
-    checked_session,
-    open_checked,
-)
+from clipqueue.exceptions import ForbiddenSource, SourceUnavailable
+from clipqueue.media.http import MAX_REDIRECTS, checked_session, open_checked
+from clipqueue.urlpolicy import SourcePolicy, check_playlist_text, check_playlist_uri, check_url
 from tests.security.servers import CountingServer
 
 STRICT = SourcePolicy()
@@ -148,6 +143,31 @@ def test_name_is_refused_if_any_of_its_addresses_is_private(session, server, fak
     fake_dns({"mixed.example": ["93.184.216.34", "127.0.0.1"]})
     _refused(session, f"http://mixed.example:{server.port}/vod.m3u8")
     assert server.connections == 0
+
+
+def test_a_lookup_slower_than_the_dns_timeout_is_undecided_not_refused(fake_dns):
+    answered = threading.Event()
+
+    def hung_resolver() -> list[str]:
+        answered.wait(10)
+        return ["93.184.216.34"]
+
+    fake_dns({"slow.example": hung_resolver})
+    started = time.monotonic()
+    try:
+        with pytest.raises(SourceUnavailable, match="took longer than 0.3s"):
+            check_url("http://slow.example/vod.m3u8", STRICT, dns_timeout=0.3)
+        assert time.monotonic() - started < 2
+    finally:
+        answered.set()
+
+
+def test_a_lookup_within_the_dns_timeout_is_checked_as_usual(fake_dns):
+    fake_dns({"quick.example": lambda: (time.sleep(0.1), ["93.184.216.34"])[1],
+              "inside.example": ["10.0.0.7"]})
+    assert check_url("http://quick.example/vod.m3u8", STRICT, dns_timeout=5) == ["93.184.216.34"]
+    with pytest.raises(ForbiddenSource, match="private"):
+        check_url("http://inside.example/vod.m3u8", STRICT, dns_timeout=5)
 
 
 def test_redirect_to_loopback_is_refused_after_only_the_allowed_hop(session, fake_dns):

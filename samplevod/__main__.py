@@ -1,4 +1,4 @@
-"""Command line: ``python -m clipqueue.sample generate DIR`` and ``python -m clipqueue.sample serve DIR``."""
+"""Command line: ``python -m samplevod generate DIR`` and ``python -m samplevod serve DIR``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from clipqueue.sample.server import serve_directory
-from clipqueue.sample.vod import generate_hls_vod, generate_progressive_mp4
+from samplevod.server import serve_directory
+from samplevod.vod import DEMO_VARIANTS, generate_hls_vod, generate_progressive_mp4
 
 
 def _int_list(text: str) -> list[int]:
@@ -15,10 +15,10 @@ def _int_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m clipqueue.sample", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m samplevod", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    generate = commands.add_parser("generate", help="write a sample HLS VOD (master.m3u8) and source.mp4")
+    generate = commands.add_parser("generate", help="write a sample HLS VOD (master.m3u8: 720p and 480p) and source.mp4")
     generate.add_argument("dir", type=Path)
     generate.add_argument("--duration", type=float, default=60)
     generate.add_argument("--segment-seconds", type=float, default=10)
@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "generate":
         master = generate_hls_vod(args.dir, duration=args.duration, segment_seconds=args.segment_seconds,
-                                  fmp4=args.fmp4, muted_segments=args.muted)
+                                  fmp4=args.fmp4, muted_segments=args.muted, variants=DEMO_VARIANTS,
+                                  preset="superfast")  # 720p at veryfast takes minutes on a small machine
         mp4 = generate_progressive_mp4(args.dir / "source.mp4", duration=args.duration)
         print(f"wrote {master} and {mp4}")
         return

@@ -2,7 +2,7 @@
 
 The video is encoded like a real stream: x264 with B-frames, a fixed keyframe
 interval (no scene-cut keyframes) and AAC audio. Every frame carries its index
-(see :mod:`clipqueue.sample.frames`), so clip accuracy can be measured from
+(see :mod:`samplevod.frames`), so clip accuracy can be measured from
 decoded frames.
 """
 
@@ -18,9 +18,11 @@ from pathlib import Path
 
 import ffmpeg
 
-from clipqueue.sample.frames import FRAME_ID_HEIGHT, FRAME_ID_WIDTH, frame_id_expression
+from samplevod.frames import FRAME_ID_HEIGHT, FRAME_ID_WIDTH, frame_id_expression
 
-DEFAULT_VARIANTS = (("720p", 640, 360, 800_000), ("480p", 426, 240, 400_000))
+# Each variant is named for its picture height, as Twitch's are.
+DEFAULT_VARIANTS = (("360p", 640, 360, 800_000), ("240p", 426, 240, 400_000))  # small and quick, for tests
+DEMO_VARIANTS = (("720p", 1280, 720, 2_500_000), ("480p", 854, 480, 1_200_000))  # the README's demo
 FULL_PLAYLIST_NAME = ".index-full.m3u8"  # the whole VOD, published bit by bit for live tests
 
 
@@ -70,12 +72,12 @@ def _sources(variant: Variant, duration: float, fps: int, audio: bool, frame_off
     return video, sound
 
 
-def _codec_args(variant: Variant, fps: int, gop_seconds: float) -> dict:
+def _codec_args(variant: Variant, fps: int, gop_seconds: float, preset: str = "veryfast") -> dict:
     args: dict = {}
     if variant.width:
         gop = int(round(gop_seconds * fps))
         args.update({
-            "c:v": "libx264", "preset": "veryfast", "profile:v": "high", "bf": 3, "g": gop,
+            "c:v": "libx264", "preset": preset, "profile:v": "high", "bf": 3, "g": gop,
             "keyint_min": gop, "sc_threshold": 0, "b:v": variant.bandwidth, "maxrate": variant.bandwidth,
             "bufsize": variant.bandwidth * 2, "r": fps,
         })
@@ -84,10 +86,10 @@ def _codec_args(variant: Variant, fps: int, gop_seconds: float) -> dict:
 
 
 def _encode(output: Path, variant: Variant, duration: float, fps: int, gop_seconds: float,
-            audio: bool, frame_offset: int = 0, grain: int = 0, **output_args) -> None:
+            audio: bool, frame_offset: int = 0, grain: int = 0, preset: str = "veryfast", **output_args) -> None:
     video, sound = _sources(variant, duration, fps, audio, frame_offset, grain)
     streams = [s for s in (video, sound) if s is not None]
-    args = _codec_args(variant, fps, gop_seconds)
+    args = _codec_args(variant, fps, gop_seconds, preset)
     if sound is None:
         args.pop("c:a"), args.pop("b:a"), args.pop("ac")
     args.update(output_args)
@@ -155,6 +157,7 @@ def generate_hls_vod(
     audio: bool = True,
     live: bool = False,
     live_segments: int = 1,
+    preset: str = "veryfast",
 ) -> Path:
     """Write an HLS VOD (``master.m3u8`` + ``<variant>/index.m3u8``) and return the master path.
 
@@ -162,7 +165,7 @@ def generate_hls_vod(
     those in ``muted_segments`` are named ``<n>-muted.<ext>`` like Twitch's.
     With ``live`` each media playlist is an EVENT playlist without ENDLIST
     holding the first ``live_segments`` segments; publish more with
-    :func:`append_live_segments`.
+    :func:`append_live_segments`. ``preset`` is x264's (B-frames stay on with any but ultrafast).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +183,7 @@ def generate_hls_vod(
         }
         if fmp4:
             hls_args.update({"hls_segment_type": "fmp4", "hls_fmp4_init_filename": "init.mp4"})
-        _encode(playlist, variant, duration, fps, gop_seconds, audio, **hls_args)
+        _encode(playlist, variant, duration, fps, gop_seconds, audio, preset=preset, **hls_args)
         _rename_muted(variant_dir, playlist, muted, ext)
         if live:
             playlist.replace(variant_dir / FULL_PLAYLIST_NAME)
