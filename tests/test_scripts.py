@@ -1,0 +1,121 @@
+"""scripts/start.sh and the Procfile: the local demo is safe, and its processes say only what matters."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+import requests
+
+from clipqueue.keys import CONTROL_QUEUE
+from tests.security.test_flower import _procfile_command
+from tests.services import REPO, free_port, wait_until
+
+VENV_BIN = str(Path(sys.executable).parent)
+# What a newcomer's shell has, and nothing the tests or the machine set.
+CLEAN_ENV = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+
+
+def demo_environment(**given: str) -> dict[str, str]:
+    """The environment ``scripts/start.sh`` gives its processes (it prints it and starts nothing)."""
+    result = subprocess.run([str(REPO / "scripts" / "start.sh"), "--print-env"], env={**CLEAN_ENV, **given},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+
+@contextmanager
+def procfile_process(name: str, env: dict[str, str], log: Path):
+    """Run the Procfile's ``name`` line as Procfile runners do (with a shell); stop it afterwards."""
+    with open(log, "wb") as output:
+        process = subprocess.Popen(["sh", "-c", _procfile_command(name)], env={**CLEAN_ENV, **env}, cwd=REPO,
+                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+
+
+def test_start_sh_no_longer_opens_private_sources_and_keeps_web_on_loopback():
+    env = demo_environment()
+    assert "ALLOW_PRIVATE_SOURCES" not in env
+    assert env["WEB_ADDRESS"] == "127.0.0.1"
+    assert env["ALLOWED_PRIVATE_NETWORKS"] == f"{env['SAMPLE_VOD_ADDRESS']}/32"
+    # An operator's own networks are kept beside the sample server's address.
+    assert demo_environment(ALLOWED_PRIVATE_NETWORKS="10.20.0.0/16")["ALLOWED_PRIVATE_NETWORKS"] == (
+        f"10.20.0.0/16,{env['SAMPLE_VOD_ADDRESS']}/32")
+
+
+def test_the_demos_settings_admit_the_sample_server_and_refuse_other_loopback_services(service_factory):
+    demo = demo_environment()
+    sample_url = f"http://{demo['SAMPLE_VOD_ADDRESS']}:{demo['SAMPLE_VOD_PORT']}/master.m3u8"
+    assert sample_url in (REPO / "README.md").read_text(), "README's example must use the demo's sample server"
+    # The service's own Redis and database stay the fixture's; the source policy is the demo's.
+    service = service_factory(ALLOW_PRIVATE_SOURCES=demo.get("ALLOW_PRIVATE_SOURCES", "false"),
+                              ALLOWED_PRIVATE_NETWORKS=demo["ALLOWED_PRIVATE_NETWORKS"])
+    body = {"start_time": 12.5, "end_time": 42.5, "quality": "720p"}
+
+    admitted = service.create_clip(vod_url=sample_url, **body)
+    assert admitted.status_code == 201, admitted.get_json()
+
+    for url in (f"http://127.0.0.1:{demo['SAMPLE_VOD_PORT']}/master.m3u8",  # same port, another address
+                f"http://127.0.0.1:{demo['PORT']}/api/v1/queue",  # web itself
+                f"http://127.0.0.1:{free_port()}/master.m3u8",
+                "http://localhost:6379/",
+                f"http://127.0.0.90:{demo['SAMPLE_VOD_PORT']}/master.m3u8"):
+        refused = service.create_clip(vod_url=url, **body)
+        assert refused.status_code == 400, (url, refused.get_json())
+        assert refused.get_json()["error"]["code"] == "forbidden_source", url
+
+
+def test_the_sample_servers_address_can_be_bound_on_this_machine():
+    with socket.socket() as sock:
+        sock.bind((demo_environment()["SAMPLE_VOD_ADDRESS"], 0))
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:  # not listening, or still starting
+        return False
+
+
+def test_web_started_from_the_procfile_with_the_demos_settings_listens_on_loopback_only(redis_url, tmp_path):
+    port = free_port()
+    env = {**demo_environment(), "PORT": str(port), "WEB_CONCURRENCY": "1", "REDIS_URL": redis_url,
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'clipqueue.db'}", "STORAGE_LOCAL_DIR": str(tmp_path / "media")}
+    with procfile_process("web", env, tmp_path / "web.log") as web:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz") or web.poll() is not None, 60,
+                   what="web to answer")
+        assert web.poll() is None, (tmp_path / "web.log").read_text()
+        # Bound to 0.0.0.0 it would answer on every address of the machine, 127.0.0.2 included.
+        assert not _answers(f"http://127.0.0.2:{port}/healthz")
+
+
+def test_beat_from_the_procfile_sends_its_periodic_tasks_without_logging_each_one(redis_url, tmp_path):
+    client = redis.Redis.from_url(redis_url)
+    env = {"REDIS_URL": redis_url, "DATABASE_URL": f"sqlite:///{tmp_path / 'clipqueue.db'}",
+           "BEAT_SCHEDULE_FILE": str(tmp_path / "beat-schedule"),
+           "JANITOR_INTERVAL_SECONDS": "0.5", "OUTBOX_SWEEP_SECONDS": "0.5"}
+    log = tmp_path / "beat.log"
+    with procfile_process("beat", env, log) as beat:
+        # The tasks it sent wait in the control queue (no worker here): real state, not its log.
+        wait_until(lambda: client.llen(CONTROL_QUEUE) >= 4 or beat.poll() is not None, 60,
+                   what="beat to send its periodic tasks")
+        assert beat.poll() is None, log.read_text()
+        time.sleep(0.5)
+    output = log.read_text(errors="replace")
+    assert "Sending due task" not in output, output[-2000:]
