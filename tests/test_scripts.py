@@ -119,3 +119,65 @@ def test_beat_from_the_procfile_sends_its_periodic_tasks_without_logging_each_on
         time.sleep(0.5)
     output = log.read_text(errors="replace")
     assert "Sending due task" not in output, output[-2000:]
+
+
+def _task_totals(app, hostname_part: str) -> dict[str, int]:
+    stats = app.control.inspect(timeout=2).stats() or {}
+    return next((s.get("total", {}) for name, s in stats.items() if hostname_part in name), {})
+
+
+def test_the_worker_leaves_routine_periodic_runs_out_of_its_info_log(redis_url, tmp_path):
+    from celery import Celery
+
+    from clipqueue.queue import JANITOR_TASK, SWEEP_OUTBOX_TASK
+
+    env = {"REDIS_URL": redis_url, "DATABASE_URL": f"sqlite:///{tmp_path / 'clipqueue.db'}",
+           "STORAGE_LOCAL_DIR": str(tmp_path / "media"), "BEAT_SCHEDULE_FILE": str(tmp_path / "beat-schedule"),
+           "JANITOR_INTERVAL_SECONDS": "0.5", "OUTBOX_SWEEP_SECONDS": "0.5", "WORKER_CONCURRENCY": "1"}
+    migrated = subprocess.run([sys.executable, "-m", "clipqueue", "db", "upgrade"], env={**CLEAN_ENV, **env},
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert migrated.returncode == 0, migrated.stderr
+    log = tmp_path / "worker.log"
+    control = Celery(broker=redis_url)
+    with procfile_process("worker", env, log) as worker, procfile_process("beat", env, tmp_path / "beat.log"):
+        # The worker's own count of the tasks it ran: real state, not its log.
+        wait_until(lambda: worker.poll() is not None or (
+            (totals := _task_totals(control, "@")).get(JANITOR_TASK, 0) >= 3
+            and totals.get(SWEEP_OUTBOX_TASK, 0) >= 3), 90, interval=0.5, what="the worker to run periodic tasks")
+        assert worker.poll() is None, log.read_text()
+    output = log.read_text(errors="replace")
+    assert " ready." in output  # the worker's own INFO lines are still there
+    assert JANITOR_TASK + "[" not in output, output[-3000:]
+    assert SWEEP_OUTBOX_TASK + "[" not in output, output[-3000:]
+
+
+def test_the_chatter_filter_keeps_other_tasks_and_every_warning():
+    import logging
+
+    from celery.app import trace
+
+    from clipqueue import create_app
+    from clipqueue.logs import PeriodicTaskChatterFilter, quiet_periodic_task_logs
+    from clipqueue.queue import JANITOR_TASK, PROCESS_TASK
+
+    app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "DATABASE_URL": "sqlite:///:memory:"})
+    quiet_periodic_task_logs(app.extensions["celery"])
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logger = logging.getLogger("celery.app.trace")
+    logger.addHandler(handler)
+    old_level, logger.level = logger.level, logging.INFO
+    try:
+        for name in (JANITOR_TASK, PROCESS_TASK):
+            trace.info(trace.LOG_SUCCESS, {"id": "x", "name": name, "return_value": None, "runtime": 0.1})
+        logger.error(trace.LOG_FAILURE, {"id": "y", "name": JANITOR_TASK, "exc": "boom", "description": "raised"},
+                     extra={"data": {"name": JANITOR_TASK}})
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        for name in ("celery.app.trace", "celery.worker.strategy"):
+            for installed in [f for f in logging.getLogger(name).filters if isinstance(f, PeriodicTaskChatterFilter)]:
+                logging.getLogger(name).removeFilter(installed)
+    assert [(record.levelno, record.data["name"]) for record in seen] == [
+        (logging.INFO, PROCESS_TASK), (logging.ERROR, JANITOR_TASK)]
