@@ -13,14 +13,18 @@
 #
 #   scripts/start.sh               start everything
 #   scripts/start.sh --print-env   print the environment the processes would get, start nothing
+#
+# RUN_DIR (default ./.run) holds Redis's data, the sample VOD, beat's schedule
+# and Flower's login.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+run_dir="$(realpath -m "${RUN_DIR:-.run}")"
 
 # --- the demo's environment ---------------------------------------------------
 export PORT="${PORT:-8000}"
 export WEB_ADDRESS="${WEB_ADDRESS:-127.0.0.1}"
 export PUBLIC_BASE_URL="${PUBLIC_BASE_URL:-http://localhost:$PORT}"
-export BEAT_SCHEDULE_FILE="${BEAT_SCHEDULE_FILE:-$PWD/.run/beat-schedule}"
+export BEAT_SCHEDULE_FILE="${BEAT_SCHEDULE_FILE:-$run_dir/beat-schedule}"
 local_redis=0
 if [ -z "${REDIS_URL:-}${REDIS_HOST:-}" ]; then
   local_redis=1
@@ -39,7 +43,7 @@ fi
 # --- start --------------------------------------------------------------------
 scripts/install.sh run
 export PATH="$PWD/.venv/bin:$PATH"
-mkdir -p .run
+mkdir -p "$run_dir"
 
 # Everything started here is a child that stops with this script: honcho first
 # (its processes finish their work while Redis still answers), then the rest.
@@ -58,27 +62,27 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 if [ "$local_redis" = 1 ] && ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
-  echo "starting a local Redis on 127.0.0.1:$REDIS_PORT (data in .run/; it stops with this script)"
+  echo "starting a local Redis on 127.0.0.1:$REDIS_PORT (data in $run_dir; it stops with this script)"
   # Its own session: Ctrl-C reaches it only through stop(), after the workers are done with it.
-  setsid redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$PWD/.run" \
-    --appendonly yes --logfile "$PWD/.run/redis.log" &
+  setsid redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$run_dir" \
+    --appendonly yes --logfile "$run_dir/redis.log" &
   children+=($!)
   for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
 # Flower refuses to start without credentials; the local default makes some once.
 if [ -z "${FLOWER_BASIC_AUTH:-}${FLOWER_AUTH_PROVIDER:-}" ]; then
-  [ -f .run/flower-credentials ] || echo "admin:$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')" > .run/flower-credentials
-  export FLOWER_BASIC_AUTH="$(cat .run/flower-credentials)"
-  echo "Flower: http://localhost:${FLOWER_PORT:-5555} (login in .run/flower-credentials)"
+  [ -f "$run_dir/flower-credentials" ] || echo "admin:$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')" > "$run_dir/flower-credentials"
+  export FLOWER_BASIC_AUTH="$(cat "$run_dir/flower-credentials")"
+  echo "Flower: http://localhost:${FLOWER_PORT:-5555} (login in $run_dir/flower-credentials)"
 fi
 
 if [ "${SAMPLE_VOD:-1}" = 1 ]; then
-  if [ ! -f .run/sample-vod/master.m3u8 ]; then
-    echo "generating the sample VOD in .run/sample-vod"
-    python -m samplevod generate .run/sample-vod --duration 120 --muted 5
+  if [ ! -f "$run_dir/sample-vod/master.m3u8" ]; then
+    echo "generating the sample VOD in $run_dir/sample-vod"
+    python -m samplevod generate "$run_dir/sample-vod" --duration 120 --muted 5
   fi
-  python -m samplevod serve .run/sample-vod --host "$SAMPLE_VOD_ADDRESS" --port "$SAMPLE_VOD_PORT" &
+  python -m samplevod serve "$run_dir/sample-vod" --host "$SAMPLE_VOD_ADDRESS" --port "$SAMPLE_VOD_PORT" &
   children+=($!)
 fi
 

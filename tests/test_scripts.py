@@ -86,6 +86,84 @@ def test_the_sample_servers_address_can_be_bound_on_this_machine():
         sock.bind((demo_environment()["SAMPLE_VOD_ADDRESS"], 0))
 
 
+def _process_tree(root: int) -> dict[int, tuple[str, str]]:
+    """``root`` and its descendants: pid → (start time, command line), to tell a reused pid apart."""
+    parents, info = {}, {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit():
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(proc.name)] = int(fields[1])
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                info[int(proc.name)] = (fields[19], command)
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in info and pid not in tree:
+            tree[pid] = info[pid]
+            todo += [child for child, parent in parents.items() if parent == pid]
+    return tree
+
+
+def _still_running(processes: dict[int, tuple[str, str]]) -> list[str]:
+    running = []
+    for pid, (started, command) in processes.items():
+        try:
+            if (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19] == started:
+                running.append(f"{pid} {command}")
+        except (OSError, IndexError):
+            continue
+    return running
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        return bool(redis.Redis(port=port, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def test_ctrl_c_stops_every_process_start_sh_started_and_its_redis(tmp_path):
+    port, redis_port = free_port(), free_port()
+    env = {**CLEAN_ENV, "RUN_DIR": str(tmp_path / "run"), "PORT": str(port), "REDIS_PORT": str(redis_port),
+           "FLOWER_PORT": str(free_port()), "SAMPLE_VOD": "0", "WEB_CONCURRENCY": "1", "WORKER_CONCURRENCY": "1",
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'clipqueue.db'}", "STORAGE_LOCAL_DIR": str(tmp_path / "media")}
+    log = tmp_path / "start.log"
+    with open(log, "wb") as output:
+        # Its own process group, as a terminal gives the command it runs.
+        script = subprocess.Popen([str(REPO / "scripts" / "start.sh")], env=env, cwd=REPO, stdout=output,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    started: dict[int, tuple[str, str]] = {}
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz") or script.poll() is not None, 240,
+                   interval=1, what="scripts/start.sh to serve")
+        assert script.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert _redis_answers(redis_port)
+        time.sleep(3)  # beat and flower start after web
+        started = _process_tree(script.pid)
+        assert len(started) > 5, started
+
+        os.killpg(script.pid, signal.SIGINT)  # Ctrl-C
+        script.wait(60)
+        wait_until(lambda: not _still_running(started), 15, what="its processes to end")
+        assert not _redis_answers(redis_port), "the Redis it started still runs"
+    finally:
+        if script.poll() is None:
+            started = started or _process_tree(script.pid)
+            script.terminate()  # its trap stops what it started
+            try:
+                script.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(script.pid, signal.SIGKILL)
+        for pid in started:
+            if _still_running({pid: started[pid]}):
+                os.kill(pid, signal.SIGKILL)
+        if _redis_answers(redis_port):
+            redis.Redis(port=redis_port).shutdown(nosave=True)
+
+
 def _answers(url: str) -> bool:
     try:
         return requests.get(url, timeout=5).status_code == 200
