@@ -10,7 +10,7 @@ from pathlib import Path
 CLIPQUEUE = str(Path(sys.executable).parent / "clipqueue")  # what scripts/install.sh puts in .venv/bin
 
 
-def _run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
     return subprocess.run([CLIPQUEUE, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 

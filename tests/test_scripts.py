@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,11 +17,18 @@ import requests
 
 from clipqueue.keys import CONTROL_QUEUE
 from tests.security.test_flower import _procfile_command
+from tests.security.test_flower import _stop as stop_process_group
 from tests.services import REPO, free_port, wait_until
 
 VENV_BIN = str(Path(sys.executable).parent)
 # What a newcomer's shell has, and nothing the tests or the machine set.
 CLEAN_ENV = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+
+
+def local_deployment(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """Settings of a deployment whose database and storage are in ``tmp_path``."""
+    return {"DATABASE_URL": f"sqlite:///{tmp_path / 'clipqueue.db'}",
+            "STORAGE_LOCAL_DIR": str(tmp_path / "media"), **settings}
 
 
 def demo_environment(**given: str) -> dict[str, str]:
@@ -40,13 +48,7 @@ def procfile_process(name: str, env: dict[str, str], log: Path):
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        stop_process_group(process)
 
 
 def test_start_sh_no_longer_opens_private_sources_and_keeps_web_on_loopback():
@@ -62,7 +64,7 @@ def test_start_sh_no_longer_opens_private_sources_and_keeps_web_on_loopback():
 def test_the_demos_settings_admit_the_sample_server_and_refuse_other_loopback_services(service_factory):
     demo = demo_environment()
     sample_url = f"http://{demo['SAMPLE_VOD_ADDRESS']}:{demo['SAMPLE_VOD_PORT']}/master.m3u8"
-    assert sample_url in (REPO / "README.md").read_text(), "README's example must use the demo's sample server"
+    assert sample_url in (REPO / "README.md").read_text(), "README's example must use the sample server"
     # The service's own Redis and database stay the fixture's; the source policy is the demo's.
     service = service_factory(ALLOW_PRIVATE_SOURCES=demo.get("ALLOW_PRIVATE_SOURCES", "false"),
                               ALLOWED_PRIVATE_NETWORKS=demo["ALLOWED_PRIVATE_NETWORKS"])
@@ -84,6 +86,13 @@ def test_the_demos_settings_admit_the_sample_server_and_refuse_other_loopback_se
 def test_the_sample_servers_address_can_be_bound_on_this_machine():
     with socket.socket() as sock:
         sock.bind((demo_environment()["SAMPLE_VOD_ADDRESS"], 0))
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:  # not listening, or still starting
+        return False
 
 
 def _process_tree(root: int) -> dict[int, tuple[str, str]]:
@@ -127,9 +136,9 @@ def _redis_answers(port: int) -> bool:
 
 def test_ctrl_c_stops_every_process_start_sh_started_and_its_redis(tmp_path):
     port, redis_port = free_port(), free_port()
-    env = {**CLEAN_ENV, "RUN_DIR": str(tmp_path / "run"), "PORT": str(port), "REDIS_PORT": str(redis_port),
-           "FLOWER_PORT": str(free_port()), "SAMPLE_VOD": "0", "WEB_CONCURRENCY": "1", "WORKER_CONCURRENCY": "1",
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'clipqueue.db'}", "STORAGE_LOCAL_DIR": str(tmp_path / "media")}
+    env = {**CLEAN_ENV, **local_deployment(
+        tmp_path, RUN_DIR=str(tmp_path / "run"), PORT=str(port), REDIS_PORT=str(redis_port),
+        FLOWER_PORT=str(free_port()), SAMPLE_VOD="0", WEB_CONCURRENCY="1", WORKER_CONCURRENCY="1")}
     log = tmp_path / "start.log"
     with open(log, "wb") as output:
         # Its own process group, as a terminal gives the command it runs.
@@ -164,17 +173,10 @@ def test_ctrl_c_stops_every_process_start_sh_started_and_its_redis(tmp_path):
             redis.Redis(port=redis_port).shutdown(nosave=True)
 
 
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=5).status_code == 200
-    except requests.RequestException:  # not listening, or still starting
-        return False
-
-
 def test_web_started_from_the_procfile_with_the_demos_settings_listens_on_loopback_only(redis_url, tmp_path):
     port = free_port()
-    env = {**demo_environment(), "PORT": str(port), "WEB_CONCURRENCY": "1", "REDIS_URL": redis_url,
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'clipqueue.db'}", "STORAGE_LOCAL_DIR": str(tmp_path / "media")}
+    env = {**demo_environment(), **local_deployment(tmp_path, PORT=str(port), WEB_CONCURRENCY="1",
+                                                    REDIS_URL=redis_url)}
     with procfile_process("web", env, tmp_path / "web.log") as web:
         wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz") or web.poll() is not None, 60,
                    what="web to answer")
@@ -185,9 +187,8 @@ def test_web_started_from_the_procfile_with_the_demos_settings_listens_on_loopba
 
 def test_beat_from_the_procfile_sends_its_periodic_tasks_without_logging_each_one(redis_url, tmp_path):
     client = redis.Redis.from_url(redis_url)
-    env = {"REDIS_URL": redis_url, "DATABASE_URL": f"sqlite:///{tmp_path / 'clipqueue.db'}",
-           "BEAT_SCHEDULE_FILE": str(tmp_path / "beat-schedule"),
-           "JANITOR_INTERVAL_SECONDS": "0.5", "OUTBOX_SWEEP_SECONDS": "0.5"}
+    env = local_deployment(tmp_path, REDIS_URL=redis_url, BEAT_SCHEDULE_FILE=str(tmp_path / "beat-schedule"),
+                           JANITOR_INTERVAL_SECONDS="0.5", OUTBOX_SWEEP_SECONDS="0.5")
     log = tmp_path / "beat.log"
     with procfile_process("beat", env, log) as beat:
         # The tasks it sent wait in the control queue (no worker here): real state, not its log.
@@ -199,9 +200,12 @@ def test_beat_from_the_procfile_sends_its_periodic_tasks_without_logging_each_on
     assert "Sending due task" not in output, output[-2000:]
 
 
-def _task_totals(app, hostname_part: str) -> dict[str, int]:
-    stats = app.control.inspect(timeout=2).stats() or {}
-    return next((s.get("total", {}) for name, s in stats.items() if hostname_part in name), {})
+def _tasks_run(app) -> Counter:
+    """How many times the running workers ran each task, by their own count."""
+    totals = Counter()
+    for stats in (app.control.inspect(timeout=2).stats() or {}).values():
+        totals.update(stats.get("total", {}))
+    return totals
 
 
 def test_the_worker_leaves_routine_periodic_runs_out_of_its_info_log(redis_url, tmp_path):
@@ -209,9 +213,8 @@ def test_the_worker_leaves_routine_periodic_runs_out_of_its_info_log(redis_url, 
 
     from clipqueue.queue import JANITOR_TASK, SWEEP_OUTBOX_TASK
 
-    env = {"REDIS_URL": redis_url, "DATABASE_URL": f"sqlite:///{tmp_path / 'clipqueue.db'}",
-           "STORAGE_LOCAL_DIR": str(tmp_path / "media"), "BEAT_SCHEDULE_FILE": str(tmp_path / "beat-schedule"),
-           "JANITOR_INTERVAL_SECONDS": "0.5", "OUTBOX_SWEEP_SECONDS": "0.5", "WORKER_CONCURRENCY": "1"}
+    env = local_deployment(tmp_path, REDIS_URL=redis_url, BEAT_SCHEDULE_FILE=str(tmp_path / "beat-schedule"),
+                           JANITOR_INTERVAL_SECONDS="0.5", OUTBOX_SWEEP_SECONDS="0.5", WORKER_CONCURRENCY="1")
     migrated = subprocess.run([sys.executable, "-m", "clipqueue", "db", "upgrade"], env={**CLEAN_ENV, **env},
                               cwd=REPO, capture_output=True, text=True, timeout=120)
     assert migrated.returncode == 0, migrated.stderr
@@ -219,9 +222,12 @@ def test_the_worker_leaves_routine_periodic_runs_out_of_its_info_log(redis_url, 
     control = Celery(broker=redis_url)
     with procfile_process("worker", env, log) as worker, procfile_process("beat", env, tmp_path / "beat.log"):
         # The worker's own count of the tasks it ran: real state, not its log.
-        wait_until(lambda: worker.poll() is not None or (
-            (totals := _task_totals(control, "@")).get(JANITOR_TASK, 0) >= 3
-            and totals.get(SWEEP_OUTBOX_TASK, 0) >= 3), 90, interval=0.5, what="the worker to run periodic tasks")
+        def ran_each_three_times() -> bool:
+            totals = _tasks_run(control)
+            return totals.get(JANITOR_TASK, 0) >= 3 and totals.get(SWEEP_OUTBOX_TASK, 0) >= 3
+
+        wait_until(lambda: worker.poll() is not None or ran_each_three_times(), 90, interval=0.5,
+                   what="the worker to run periodic tasks")
         assert worker.poll() is None, log.read_text()
     output = log.read_text(errors="replace")
     assert " ready." in output  # the worker's own INFO lines are still there
@@ -249,13 +255,14 @@ def test_the_chatter_filter_keeps_other_tasks_and_every_warning():
     try:
         for name in (JANITOR_TASK, PROCESS_TASK):
             trace.info(trace.LOG_SUCCESS, {"id": "x", "name": name, "return_value": None, "runtime": 0.1})
-        logger.error(trace.LOG_FAILURE, {"id": "y", "name": JANITOR_TASK, "exc": "boom", "description": "raised"},
-                     extra={"data": {"name": JANITOR_TASK}})
+        failure = {"id": "y", "name": JANITOR_TASK, "exc": "boom", "description": "raised"}
+        logger.error(trace.LOG_FAILURE, failure, extra={"data": failure})
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
         for name in ("celery.app.trace", "celery.worker.strategy"):
-            for installed in [f for f in logging.getLogger(name).filters if isinstance(f, PeriodicTaskChatterFilter)]:
-                logging.getLogger(name).removeFilter(installed)
+            quieted = logging.getLogger(name)
+            for installed in [f for f in quieted.filters if isinstance(f, PeriodicTaskChatterFilter)]:
+                quieted.removeFilter(installed)
     assert [(record.levelno, record.data["name"]) for record in seen] == [
         (logging.INFO, PROCESS_TASK), (logging.ERROR, JANITOR_TASK)]

@@ -35,7 +35,8 @@ def test_redis_url_is_built_from_the_seeds_host_port_password_and_db():
     settings = Settings.from_env({"REDIS_HOST": "redis.internal", "REDIS_PORT": "6380",
                                   "REDIS_PASSWORD": "p@ss/word", "REDIS_DB": "2"})
     assert settings.redis_url == "redis://:p%40ss%2Fword@redis.internal:6380/2"
-    assert Settings.from_env({"REDIS_URL": "redis://r:1/3", "REDIS_HOST": "ignored"}).redis_url == "redis://r:1/3"
+    given = Settings.from_env({"REDIS_URL": "redis://r:1/3", "REDIS_HOST": "ignored"})
+    assert given.redis_url == "redis://r:1/3"
     assert Settings.from_env({}).redis_url == "redis://localhost:6379/0"
 
 
