@@ -1,22 +1,29 @@
-"""The ``clipqueue`` command: Flask's CLI (``clipqueue db upgrade``, ``clipqueue run``) plus operator commands."""
+"""The ``clipqueue`` command: database migrations (``clipqueue db upgrade``) and operator commands.
+
+Only clipqueue's own commands: Flask's generic ones (``run``, ``shell``,
+``routes``) would start a development server or a shell beside the service.
+"""
 
 from __future__ import annotations
 
 import json
 
 import click
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import ScriptInfo, with_appcontext
+from flask_migrate.cli import db as db_commands
 
 from clipqueue import create_app, deadletter
 
 
-def _make_app(*_args, **_kwargs):
-    return create_app()
+@click.group()
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """clipqueue: cut clips from VODs. Settings come from the environment, as for every process."""
+    # with_appcontext builds the app from this, once, for the command that runs.
+    ctx.obj = ScriptInfo(create_app=lambda *_args: create_app(), set_debug_flag=False)
 
 
-@click.group(cls=FlaskGroup, create_app=_make_app)
-def main() -> None:
-    """clipqueue: cut clips from VODs."""
+main.add_command(db_commands, "db")
 
 
 @main.group("dead-letter")

@@ -1,187 +1,213 @@
-"""Settings read from the environment, with defaults from :mod:`clipqueue.defaults`."""
+"""Settings read from the environment, with defaults from :mod:`clipqueue.defaults`.
+
+One field per environment variable, named as the variable in lower case
+(``MAX_CLIP_SECONDS`` → ``settings.max_clip_seconds``). Read once by
+:func:`clipqueue.create_app` and handed down from there.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from limits import parse_many
+from pydantic import AliasGenerator, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from clipqueue import defaults
 
+CommaList = Annotated[tuple[str, ...], NoDecode]
 
-def _bool(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _list(value: str) -> tuple[str, ...]:
-    return tuple(item.strip().lower() for item in value.split(",") if item.strip())
+# Rate limits are the settings an empty value turns off rather than defaults.
+_RATE_LIMITS = ("rate_limit", "rate_limit_reads")
+_OFF = {"", "0", "off", "none", "false"}
 
 
-def _tokens(value: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in value.split(",") if item.strip())
-
-
-def _rate_limit(env: Mapping[str, str], name: str) -> str:
-    """A rate limit such as ``60/minute``; empty when the setting turns it off ("0", "off")."""
-    value = env.get(name, getattr(defaults, name)).strip()
-    if value.lower() in {"", "0", "off", "none", "false"}:
-        return ""
-    try:
-        parse_many(value)
-    except ValueError as exc:
-        raise ValueError(f"setting {name}={value!r} is not a rate limit like 60/minute") from exc
-    return value
-
-
-def _networks(value: str) -> tuple[str, ...]:
-    networks = []
-    for item in _list(value):
-        try:
-            networks.append(str(ipaddress.ip_network(item, strict=False)))
-        except ValueError as exc:
-            raise ValueError(f"setting ALLOWED_PRIVATE_NETWORKS: {item!r} is not a network") from exc
-    return tuple(networks)
-
-
-def redis_url_from_env(env: Mapping[str, str]) -> str:
-    """Return ``REDIS_URL``, or a URL built from the seed's ``REDIS_HOST``/``PORT``/``PASSWORD``/``DB``."""
-    if env.get("REDIS_URL"):
-        return env["REDIS_URL"]
-    host = env.get("REDIS_HOST", defaults.REDIS_HOST)
-    port = env.get("REDIS_PORT", str(defaults.REDIS_PORT))
-    password = env.get("REDIS_PASSWORD", defaults.REDIS_PASSWORD)
-    db = env.get("REDIS_DB", str(defaults.REDIS_DB))
-    auth = f":{quote(password, safe='')}@" if password else ""
-    return f"redis://{auth}{host}:{port}/{db}"
-
-
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """Everything a process of clipqueue needs to know about its deployment."""
 
-    redis_url: str
-    database_url: str
-    storage_local_dir: str
-    public_base_url: str
-    s3_bucket: str
-    s3_endpoint_url: str
-    cdn_base_url: str
-    scratch_dir: str
-    allow_private_sources: bool
-    allowed_source_hosts: tuple[str, ...]
-    api_tokens: tuple[str, ...]
-    min_clip_seconds: float
-    max_clip_seconds: float
-    max_vod_seconds: float
-    max_request_bytes: int
-    job_ttl_seconds: int
-    job_max_retries: int
-    job_retry_backoff_seconds: int
-    job_retry_backoff_max_seconds: int
-    job_soft_time_limit_seconds: int
-    job_hard_time_limit_seconds: int
-    lease_ttl_seconds: float
-    visibility_timeout_seconds: int
-    janitor_interval_seconds: float
-    max_redeliveries: int
-    processing_deadline_seconds: float
-    metrics_token: str
-    trusted_proxy_hops: int
-    outbox_sweep_seconds: float
-    outbox_grace_seconds: float
-    fetch_concurrency: int
-    fetch_retries: int
-    fetch_timeout_seconds: float
-    max_segments: int
-    max_fetch_bytes: int
-    max_output_bytes: int
-    live_wait_deadline_seconds: float
-    live_poll_seconds: float
-    rate_limit: str
-    rate_limit_reads: str
-    allowed_private_networks: tuple[str, ...]
-    source_max_redirects: int
+    model_config = SettingsConfigDict(
+        frozen=True,
+        case_sensitive=True,
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,
+        alias_generator=AliasGenerator(validation_alias=str.upper),
+    )
+
+    # The REDIS_HOST family comes before redis_url, which is built from it.
+    redis_host: str = defaults.REDIS_HOST
+    redis_port: int = defaults.REDIS_PORT
+    redis_password: str = defaults.REDIS_PASSWORD
+    redis_db: int = defaults.REDIS_DB
+    redis_url: str = defaults.REDIS_URL
+    database_url: str = defaults.DATABASE_URL
+    storage_local_dir: str = defaults.STORAGE_LOCAL_DIR
+    public_base_url: str = defaults.PUBLIC_BASE_URL
+    s3_bucket: str = defaults.S3_BUCKET
+    s3_endpoint_url: str = defaults.S3_ENDPOINT_URL
+    cdn_base_url: str = defaults.CDN_BASE_URL
+    scratch_dir: str = defaults.SCRATCH_DIR
+    allow_private_sources: bool = defaults.ALLOW_PRIVATE_SOURCES
+    allowed_source_hosts: CommaList = defaults.ALLOWED_SOURCE_HOSTS
+    api_tokens: CommaList = defaults.API_TOKENS
+    min_clip_seconds: float = defaults.MIN_CLIP_SECONDS
+    max_clip_seconds: float = defaults.MAX_CLIP_SECONDS
+    max_vod_seconds: float = defaults.MAX_VOD_SECONDS
+    max_request_bytes: int = defaults.MAX_REQUEST_BYTES
+    job_ttl_seconds: int = defaults.JOB_TTL_SECONDS
+    job_max_retries: int = defaults.JOB_MAX_RETRIES
+    job_retry_backoff_seconds: int = defaults.JOB_RETRY_BACKOFF_SECONDS
+    job_retry_backoff_max_seconds: int = defaults.JOB_RETRY_BACKOFF_MAX_SECONDS
+    job_soft_time_limit_seconds: int = defaults.JOB_SOFT_TIME_LIMIT_SECONDS
+    job_hard_time_limit_seconds: int = defaults.JOB_HARD_TIME_LIMIT_SECONDS
+    lease_ttl_seconds: float = defaults.LEASE_TTL_SECONDS
+    visibility_timeout_seconds: int = defaults.VISIBILITY_TIMEOUT_SECONDS
+    janitor_interval_seconds: float = defaults.JANITOR_INTERVAL_SECONDS
+    max_redeliveries: int = defaults.MAX_REDELIVERIES
+    processing_deadline_seconds: float = defaults.PROCESSING_DEADLINE_SECONDS
+    metrics_token: str = defaults.METRICS_TOKEN
+    trusted_proxy_hops: int = defaults.TRUSTED_PROXY_HOPS
+    outbox_sweep_seconds: float = defaults.OUTBOX_SWEEP_SECONDS
+    outbox_grace_seconds: float = defaults.OUTBOX_GRACE_SECONDS
+    fetch_concurrency: int = defaults.FETCH_CONCURRENCY
+    fetch_retries: int = defaults.FETCH_RETRIES
+    fetch_timeout_seconds: float = defaults.FETCH_TIMEOUT_SECONDS
+    max_segments: int = defaults.MAX_SEGMENTS
+    max_fetch_bytes: int = defaults.MAX_FETCH_BYTES
+    max_output_bytes: int = defaults.MAX_OUTPUT_BYTES
+    live_wait_deadline_seconds: float = defaults.LIVE_WAIT_DEADLINE_SECONDS
+    live_poll_seconds: float = defaults.LIVE_POLL_SECONDS
+    rate_limit: str = defaults.RATE_LIMIT
+    rate_limit_reads: str = defaults.RATE_LIMIT_READS
+    allowed_private_networks: CommaList = defaults.ALLOWED_PRIVATE_NETWORKS
+    source_max_redirects: int = defaults.SOURCE_MAX_REDIRECTS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read settings from ``env`` (default: ``os.environ``)."""
-        env = os.environ if env is None else env
+        """Read settings from ``env`` alone, or from ``os.environ`` when it is ``None``.
 
-        def get(name: str, convert=str):
-            default = getattr(defaults, name)
-            raw = env.get(name)
-            if raw is None or raw == "":
-                return default
+        Raises ``ValueError`` naming each variable whose value is not valid.
+        """
+        try:
+            if env is None:
+                return cls()
+            names = {field.validation_alias for field in cls.model_fields.values()}
+            given = _FromMappingOnly(**{name: value for name, value in env.items() if name in names})
+            return cls.model_construct(**dict(given))
+        except ValidationError as exc:
+            raise ValueError(_describe(exc)) from None
+
+    # An empty variable means its default (as if unset), except for rate limits.
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_means_default(cls, value: Any, info: ValidationInfo) -> Any:
+        if value == "" and info.field_name not in _RATE_LIMITS:
+            return cls.model_fields[info.field_name].default
+        return value
+
+    @field_validator("allowed_source_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: Any) -> Any:
+        return tuple(item.lower() for item in _split(value)) if isinstance(value, str) else value
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: Any) -> Any:
+        return _split(value) if isinstance(value, str) else value
+
+    @field_validator("allowed_private_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> tuple[str, ...]:
+        items = _split(value.lower()) if isinstance(value, str) else value
+        networks = []
+        for item in items:
             try:
-                return convert(raw)
-            except ValueError as exc:
-                raise ValueError(f"setting {name}={raw!r} is not a valid {convert.__name__}") from exc
+                networks.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network like 10.20.0.0/16") from None
+        return tuple(networks)
 
-        database_url = env.get("DATABASE_URL") or defaults.DATABASE_URL
+    @field_validator(*_RATE_LIMITS, mode="after")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        """A rate limit such as ``60/minute``; empty when the setting turns it off ("0", "off")."""
+        value = value.strip()
+        if value.lower() in _OFF:
+            return ""
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError("not a rate limit like 60/minute") from None
+        return value
+
+    @field_validator("redis_url", mode="after")
+    @classmethod
+    def _redis_url(cls, value: str, info: ValidationInfo) -> str:
+        """``REDIS_URL``, or one built from the seed's ``REDIS_HOST``/``PORT``/``PASSWORD``/``DB``."""
+        parts = [info.data.get(name) for name in ("redis_host", "redis_port", "redis_password", "redis_db")]
+        if value or None in parts:  # set, or a part is invalid and already reported
+            return value
+        host, port, password, db = parts
+        auth = f":{quote(password, safe='')}@" if password else ""
+        return f"redis://{auth}{host}:{port}/{db}"
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
         # Heroku-style postgres:// and a bare postgresql:// both mean psycopg2 (the
         # design's driver); SQLAlchemy 2.1 would otherwise pick psycopg 3.
         for prefix in ("postgres://", "postgresql://"):
-            if database_url.startswith(prefix):
-                database_url = "postgresql+psycopg2://" + database_url[len(prefix):]
+            if value.startswith(prefix):
+                value = "postgresql+psycopg2://" + value[len(prefix):]
         # A relative SQLite path means the folder the processes run in, for every process alike.
-        if database_url.startswith("sqlite:///") and not database_url.startswith("sqlite:////"):
-            relative = database_url[len("sqlite:///"):]
+        if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+            relative = value[len("sqlite:///"):]
             if relative and relative != ":memory:":
-                database_url = "sqlite:///" + os.path.abspath(relative)
-        return cls(
-            redis_url=redis_url_from_env(env),
-            database_url=database_url,
-            storage_local_dir=os.path.abspath(get("STORAGE_LOCAL_DIR")),
-            public_base_url=get("PUBLIC_BASE_URL").rstrip("/"),
-            s3_bucket=env.get("S3_BUCKET", ""),
-            s3_endpoint_url=env.get("S3_ENDPOINT_URL", ""),
-            cdn_base_url=env.get("CDN_BASE_URL", "").rstrip("/"),
-            scratch_dir=get("SCRATCH_DIR"),
-            allow_private_sources=_bool(env.get("ALLOW_PRIVATE_SOURCES", "false")),
-            allowed_source_hosts=_list(env.get("ALLOWED_SOURCE_HOSTS", "")),
-            api_tokens=_tokens(env.get("API_TOKENS", "")),
-            min_clip_seconds=get("MIN_CLIP_SECONDS", float),
-            max_clip_seconds=get("MAX_CLIP_SECONDS", float),
-            max_vod_seconds=get("MAX_VOD_SECONDS", float),
-            max_request_bytes=get("MAX_REQUEST_BYTES", int),
-            job_ttl_seconds=get("JOB_TTL_SECONDS", int),
-            job_max_retries=get("JOB_MAX_RETRIES", int),
-            job_retry_backoff_seconds=get("JOB_RETRY_BACKOFF_SECONDS", int),
-            job_retry_backoff_max_seconds=get("JOB_RETRY_BACKOFF_MAX_SECONDS", int),
-            job_soft_time_limit_seconds=get("JOB_SOFT_TIME_LIMIT_SECONDS", int),
-            job_hard_time_limit_seconds=get("JOB_HARD_TIME_LIMIT_SECONDS", int),
-            lease_ttl_seconds=get("LEASE_TTL_SECONDS", float),
-            visibility_timeout_seconds=get("VISIBILITY_TIMEOUT_SECONDS", int),
-            janitor_interval_seconds=get("JANITOR_INTERVAL_SECONDS", float),
-            max_redeliveries=get("MAX_REDELIVERIES", int),
-            processing_deadline_seconds=get("PROCESSING_DEADLINE_SECONDS", float),
-            metrics_token=env.get("METRICS_TOKEN", defaults.METRICS_TOKEN),
-            trusted_proxy_hops=get("TRUSTED_PROXY_HOPS", int),
-            outbox_sweep_seconds=get("OUTBOX_SWEEP_SECONDS", float),
-            outbox_grace_seconds=get("OUTBOX_GRACE_SECONDS", float),
-            fetch_concurrency=get("FETCH_CONCURRENCY", int),
-            fetch_retries=get("FETCH_RETRIES", int),
-            fetch_timeout_seconds=get("FETCH_TIMEOUT_SECONDS", float),
-            max_segments=get("MAX_SEGMENTS", int),
-            max_fetch_bytes=get("MAX_FETCH_BYTES", int),
-            max_output_bytes=get("MAX_OUTPUT_BYTES", int),
-            live_wait_deadline_seconds=get("LIVE_WAIT_DEADLINE_SECONDS", float),
-            live_poll_seconds=get("LIVE_POLL_SECONDS", float),
-            rate_limit=_rate_limit(env, "RATE_LIMIT"),
-            rate_limit_reads=_rate_limit(env, "RATE_LIMIT_READS"),
-            allowed_private_networks=_networks(env.get("ALLOWED_PRIVATE_NETWORKS", defaults.ALLOWED_PRIVATE_NETWORKS)),
-            source_max_redirects=get("SOURCE_MAX_REDIRECTS", int),
-        )
+                value = "sqlite:///" + os.path.abspath(relative)
+        return value
 
-    def __post_init__(self) -> None:
+    @field_validator("storage_local_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return os.path.abspath(value)
+
+    @field_validator("public_base_url", "cdn_base_url", mode="after")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
         if self.job_soft_time_limit_seconds > self.job_hard_time_limit_seconds:
             raise ValueError("JOB_SOFT_TIME_LIMIT_SECONDS must not be more than JOB_HARD_TIME_LIMIT_SECONDS")
         if self.min_clip_seconds <= 0 or self.max_clip_seconds < self.min_clip_seconds:
             raise ValueError("need 0 < MIN_CLIP_SECONDS <= MAX_CLIP_SECONDS")
+        return self
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+
+class _FromMappingOnly(Settings):
+    """Settings validated from keyword arguments alone, never from ``os.environ``."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_other_sources):
+        return (init_settings,)
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per bad setting: ``setting NAME='value': what is wrong``."""
+    lines = []
+    for item in error.errors(include_url=False):
+        reason = str(item["ctx"]["error"]) if item["type"] == "value_error" else item["msg"]
+        if item["loc"]:
+            lines.append(f"setting {item['loc'][0]}={item['input']!r}: {reason}")
+        else:
+            lines.append(f"settings: {reason}")
+    return "; ".join(lines)

@@ -4,6 +4,7 @@ Each constant is overridden by the environment variable of the same name
 (see :mod:`clipqueue.config`).
 """
 
+REDIS_URL = ""  # empty: built from REDIS_HOST, REDIS_PORT, REDIS_PASSWORD and REDIS_DB
 REDIS_HOST = "localhost"
 REDIS_PORT = 6379
 REDIS_PASSWORD = ""
@@ -15,6 +16,16 @@ DATABASE_URL = "sqlite:///clipqueue.db"
 STORAGE_LOCAL_DIR = "media"
 PUBLIC_BASE_URL = "http://localhost:8000"
 SCRATCH_DIR = ""  # empty: the system temporary folder
+
+# S3 storage instead of the local folder when S3_BUCKET is set; S3_ENDPOINT_URL
+# for MinIO or R2; CDN_BASE_URL the public prefix of stored objects.
+S3_BUCKET = ""
+S3_ENDPOINT_URL = ""
+CDN_BASE_URL = ""
+
+# Who may use the API: comma-separated bearer tokens for calls that change
+# anything (empty: no token needed).
+API_TOKENS = ""
 
 # Clip limits: Twitch allows clips of 1 to 60 seconds.
 MIN_CLIP_SECONDS = 1.0
@@ -64,7 +75,12 @@ MAX_OUTPUT_BYTES = 512 * 1024 * 1024
 LIVE_WAIT_DEADLINE_SECONDS = 300.0
 LIVE_POLL_SECONDS = 5.0
 
-# security (added by security work)
+# Sources. Loopback, private and CGNAT addresses are refused unless
+# ALLOW_PRIVATE_SOURCES is true; ALLOWED_SOURCE_HOSTS (comma-separated, empty:
+# any public host) narrows sources to those hosts and their subdomains.
+ALLOW_PRIVATE_SOURCES = False
+ALLOWED_SOURCE_HOSTS = ""
+
 # Calls that change anything, per API token (per client address without one);
 # "0" or "off" turns a limit off. Syntax: "60/minute", "10/second;500/hour".
 RATE_LIMIT = "60/minute"
