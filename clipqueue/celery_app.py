@@ -9,6 +9,7 @@ from flask import Flask
 from clipqueue.config import Settings
 from clipqueue.jobs import ClipIdLogFilter, current_clip_id
 from clipqueue.keys import CONTROL_QUEUE
+from clipqueue.logs import quiet_periodic_task_logs
 from clipqueue.queue import JANITOR_TASK, SWEEP_OUTBOX_TASK
 
 
@@ -70,6 +71,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
             "janitor": _periodic(JANITOR_TASK, settings.janitor_interval_seconds),
         },
     )
+    quiet_periodic_task_logs(celery)
     celery.flask_app = app
     celery.set_default()
     app.extensions["celery"] = celery

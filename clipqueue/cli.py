@@ -7,6 +7,7 @@ Only clipqueue's own commands: Flask's generic ones (``run``, ``shell``,
 from __future__ import annotations
 
 import json
+import os
 
 import click
 from flask.cli import ScriptInfo, with_appcontext
@@ -24,6 +25,17 @@ def main(ctx: click.Context) -> None:
 
 
 main.add_command(db_commands, "db")
+
+
+@main.command("worker")
+@click.option("--concurrency", type=int, default=lambda: int(os.environ.get("WORKER_CONCURRENCY") or 2),
+              show_default="WORKER_CONCURRENCY or 2", help="Clip jobs run at once on this host.")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(concurrency: int, loglevel: str) -> None:
+    """Run clip jobs, and finalizing and maintenance in slots of their own (the Procfile's worker)."""
+    from clipqueue.worker import run
+
+    raise SystemExit(run(concurrency, loglevel))
 
 
 @main.group("dead-letter")

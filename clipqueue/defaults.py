@@ -50,7 +50,8 @@ JOB_HARD_TIME_LIMIT_SECONDS = 660
 # lease expired, at most MAX_REDELIVERIES times, and fails clips still
 # processing after PROCESSING_DEADLINE_SECONDS.
 LEASE_TTL_SECONDS = 30.0
-VISIBILITY_TIMEOUT_SECONDS = 90
+# 0: derived from the time limits (clipqueue.celery_app.visibility_timeout); a larger value is kept.
+VISIBILITY_TIMEOUT_SECONDS = 0
 JANITOR_INTERVAL_SECONDS = 15.0
 MAX_REDELIVERIES = 3
 PROCESSING_DEADLINE_SECONDS = 3600.0
