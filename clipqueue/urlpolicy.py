@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -277,6 +278,32 @@ def resolve_host(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
+def _resolve_within(host: str, port: int, timeout: float | None) -> list[str]:
+    """:func:`resolve_host`, giving up after ``timeout`` seconds (``SourceUnavailable``).
+
+    getaddrinfo takes no timeout, so the lookup runs in a daemon thread that is
+    left to finish on its own when it is too slow.
+    """
+    if timeout is None:
+        return resolve_host(host, port)
+    outcome: dict[str, Any] = {}
+
+    def lookup() -> None:
+        try:
+            outcome["addresses"] = resolve_host(host, port)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=lookup, name=f"dns-{host}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise SourceUnavailable(f"DNS lookup of {host!r} took longer than {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["addresses"]
+
+
 # --- URLs ------------------------------------------------------------------
 
 def _split(url: str):
@@ -290,11 +317,12 @@ def _split(url: str):
     return parts, port
 
 
-def vet_url(url: str, policy: SourcePolicy) -> CheckedURL:
+def vet_url(url: str, policy: SourcePolicy, *, dns_timeout: float | None = None) -> CheckedURL:
     """Check ``url`` against ``policy`` and return where it may be fetched from.
 
     Raises ``ForbiddenSource`` (the message starts with "forbidden source")
-    when it may not be fetched; nothing has been sent anywhere then.
+    when it may not be fetched; nothing has been sent anywhere then. A DNS
+    lookup longer than ``dns_timeout`` seconds raises ``SourceUnavailable``.
     """
     parts, port = _split(url)
     scheme = parts.scheme.lower()
@@ -314,7 +342,7 @@ def vet_url(url: str, policy: SourcePolicy) -> CheckedURL:
         if _is_localhost_name(host) and not policy.allow_private:
             raise ForbiddenSource(f"forbidden source: {host!r} is this machine (loopback)")
         addresses = []
-        for text in resolve_host(host, port):
+        for text in _resolve_within(host, port, dns_timeout):
             try:
                 addresses.append(ipaddress.ip_address(text))
             except ValueError as exc:
@@ -329,9 +357,9 @@ def vet_url(url: str, policy: SourcePolicy) -> CheckedURL:
     return CheckedURL(url, scheme, host, port, tuple(str(a) for a in addresses))
 
 
-def check_url(url: str, policy: SourcePolicy) -> list[str]:
+def check_url(url: str, policy: SourcePolicy, *, dns_timeout: float | None = None) -> list[str]:
     """Raise ``ForbiddenSource`` unless ``url`` may be fetched; return the checked addresses."""
-    return list(vet_url(url, policy).addresses)
+    return list(vet_url(url, policy, dns_timeout=dns_timeout).addresses)
 
 
 # --- playlists -------------------------------------------------------------
