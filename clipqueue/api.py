@@ -19,7 +19,7 @@ from clipqueue.config import Settings
 from clipqueue.exceptions import ForbiddenSource, SourceUnavailable, ValidationError
 from clipqueue.jobs import job_logger, job_store
 from clipqueue.models import Clip, db
-from clipqueue.openapi import operation, view_operation
+from clipqueue.openapi import SAFE_METHODS, operation, view_operation
 from clipqueue.queue import dead_letter_count, enqueue_job, pending_count, unqueued_count
 from clipqueue.urlpolicy import SourcePolicy, check_url
 
@@ -70,7 +70,9 @@ def require_token():
     """With ``API_TOKENS`` set, writes and the dead-letter reads need a bearer token."""
     tokens = current_app.config["CLIPQUEUE"].api_tokens
     op = view_operation(current_app, request.endpoint)
-    if not tokens or op is None or not op.needs_token(request.method):
+    # A view that declared nothing gets the safe default: its writes need the token.
+    needs_token = op.needs_token(request.method) if op is not None else request.method not in SAFE_METHODS
+    if not tokens or not needs_token:
         return None
     token = presented_token()
     if token is None:

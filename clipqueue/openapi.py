@@ -47,9 +47,9 @@ class Operation:
     """What the document says about one view: its answers and what it reads.
 
     ``responses`` maps a status to ``(description, model)``; ``model`` None
-    means the error format, ``dict`` any JSON object. ``body`` names the request model (the clip
-    request, built per deployment). ``private`` reads need the bearer token
-    when ``API_TOKENS`` is set, as every write does.
+    means the error format, ``dict`` any JSON object. ``body``: the request
+    body is the clip request (its model built per deployment). ``private``
+    reads need the bearer token when ``API_TOKENS`` is set, as every write does.
     """
 
     operation_id: str
@@ -70,7 +70,7 @@ def operation(operation_id: str, responses: dict[int, tuple[str, type | None]], 
     """Declare a view's part of the document (see :class:`Operation`)."""
 
     def attach(view: Callable) -> Callable:
-        summary = (view.__doc__ or "").strip().splitlines()[0] if view.__doc__ else ""
+        summary = view.__doc__.strip().splitlines()[0] if view.__doc__ else ""
         view.openapi = Operation(operation_id, responses, summary=summary, **options)
         return view
 
