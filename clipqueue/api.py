@@ -7,35 +7,72 @@ import uuid
 
 import redis
 from flask import Blueprint, current_app, jsonify, request, url_for
-from sqlalchemy.exc import IntegrityError
+from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
+from werkzeug.routing import ValidationError as NoRouteMatch
 
-from clipqueue import deadletter
+from clipqueue import deadletter, defaults, schemas
 from clipqueue.auth import presented_token, token_is_valid
-from clipqueue.exceptions import ValidationError
+from clipqueue.config import Settings
+from clipqueue.exceptions import ForbiddenSource, SourceUnavailable, ValidationError
 from clipqueue.jobs import job_logger, job_store
 from clipqueue.models import Clip, db
+from clipqueue.openapi import SAFE_METHODS, operation, view_operation
 from clipqueue.queue import dead_letter_count, enqueue_job, pending_count, unqueued_count
-from clipqueue.validation import ClipInput, validate_clip_request
+from clipqueue.urlpolicy import SourcePolicy, check_url
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+class ClipIdConverter(BaseConverter):
+    """``<clip_id:...>``: a UUID in any spelling ``uuid.UUID`` reads, handed to the view in its one spelling.
+
+    Unlike a plain string it leaves ``/dead-letter/replay`` to its own route.
+    """
+
+    regex = r"(?:[Uu][Rr][Nn]:[Uu][Uu][Ii][Dd]:)?\{?[0-9A-Fa-f-]{32,36}\}?"
+
+    def to_python(self, value: str) -> str:
+        clip_id = clip_uuid(value)
+        if clip_id is None:
+            raise NoRouteMatch()
+        return clip_id
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+# Before any route: a rule needs its converters when it is added.
+bp.record_once(lambda state: state.app.url_map.converters.setdefault("clip_id", ClipIdConverter))
+
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
+IDEMPOTENCY_PARAMETER = {
+    "name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
+    "description": "Retrying the same POST with the same key returns the first clip (200).",
+    # Printable ASCII, not blank at either end (the API trims and checks printable characters).
+    "schema": {"type": "string",
+               "pattern": rf"^[\x21-\x7e](?:[\x20-\x7e]{{0,{MAX_IDEMPOTENCY_KEY - 2}}}[\x21-\x7e])?$"},
+}
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None):
-    return jsonify({"error": {"code": code, "message": message, "field": field}}), status
+    body = schemas.ErrorBody(error=schemas.ErrorDetail(code=code, message=message, field=field))
+    return jsonify(body.model_dump()), status
 
 
 @bp.before_request
 def require_token():
-    """With ``API_TOKENS`` set, calls that change anything need a bearer token."""
+    """With ``API_TOKENS`` set, writes and the dead-letter reads need a bearer token."""
     tokens = current_app.config["CLIPQUEUE"].api_tokens
-    if not tokens or request.method in SAFE_METHODS:
+    op = view_operation(current_app, request.endpoint)
+    # A view that declared nothing gets the safe default: its writes need the token.
+    needs_token = op.needs_token(request.method) if op is not None else request.method not in SAFE_METHODS
+    if not tokens or not needs_token:
         return None
     token = presented_token()
     if token is None:
@@ -56,16 +93,42 @@ def redis_unavailable(exc: redis.RedisError):
     return error_response(503, "redis_unavailable", "the job store (Redis) is unavailable; try again")
 
 
-def _find_clip(clip_id: str) -> Clip | None:
+@bp.errorhandler(OperationalError)
+@bp.errorhandler(InterfaceError)
+def database_unavailable(exc: OperationalError | InterfaceError):
+    """A database that is down or unreachable is a 503 to retry, not an internal error."""
+    log.warning("database unavailable: %s", exc.orig if exc.orig is not None else exc)
+    return error_response(503, "database_unavailable", "the database is unavailable; try again")
+
+
+def clip_uuid(clip_id: str) -> str | None:
+    """The clip id in its one spelling (lower case, hyphens), or None if it is not a UUID.
+
+    Upper case, braces and ``urn:uuid:`` all name the same clip, its job and its dead letter.
+    """
     try:
-        key = uuid.UUID(clip_id)
+        return str(uuid.UUID(clip_id))
     except ValueError:
         return None
-    return db.session.get(Clip, key)
+
+
+def _find_clip(clip_id: str | None) -> Clip | None:
+    return None if clip_id is None else db.session.get(Clip, uuid.UUID(clip_id))
 
 
 def _clip_not_found(clip_id: str):
     return error_response(404, "not_found", f"no clip with id {clip_id!r}", "clip_id")
+
+
+def check_source(vod_url: str, settings: Settings) -> None:
+    """Refuse a source the policy forbids (code ``forbidden_source``), with a bounded DNS lookup."""
+    try:
+        check_url(vod_url, SourcePolicy.from_settings(settings), dns_timeout=defaults.API_DNS_TIMEOUT_SECONDS)
+    except ForbiddenSource as exc:
+        raise ValidationError(str(exc), "vod_url", "forbidden_source") from exc
+    except SourceUnavailable:
+        # DNS is failing or slow for now: the worker checks the URL again before any fetch.
+        pass
 
 
 def _idempotency_key() -> str | None:
@@ -79,26 +142,35 @@ def _idempotency_key() -> str | None:
     return key
 
 
+def _clip_response(clip: Clip):
+    return jsonify(schemas.Clip.of(clip).model_dump())
+
+
 def _created(clip: Clip, status: int):
-    response = jsonify(clip.to_dict())
+    response = _clip_response(clip)
     response.status_code = status
     response.headers["Location"] = url_for("api.get_clip", clip_id=str(clip.id))
     return response
 
 
-def _earlier_create(key: str, clip_input: ClipInput):
+def _earlier_create(key: str, clip_input: schemas.ClipRequest):
     """A retried POST: the clip its key made before, or 409 if the key now asks for another clip."""
     clip = Clip.query.filter_by(idempotency_key=key).one()
-    asked = (clip_input.vod_url, clip_input.start_time, clip_input.end_time, clip_input.quality,
-             clip_input.mode, clip_input.title)
     made = (clip.vod_url, clip.start_time, clip.end_time, clip.quality, clip.mode, clip.title)
-    if asked != made:
+    if clip_input.as_created != made:
         return error_response(409, "idempotency_key_reused",
                               f"{IDEMPOTENCY_HEADER} {key!r} was used for a different clip", IDEMPOTENCY_HEADER)
     return _created(clip, 200)
 
 
 @bp.post("/clips")
+@operation("createClip", {
+    201: ("the clip, still processing", schemas.Clip),
+    200: ("the clip an earlier POST with this Idempotency-Key made", schemas.Clip),
+    400: ("a field is missing or invalid (error.field names it), the source is forbidden, "
+          "or the body is not JSON", None),
+    409: ("the Idempotency-Key was used for a different clip", None),
+}, body=True, headers=(IDEMPOTENCY_PARAMETER,))
 def create_clip():
     """Validate, record the clip as ``processing``, then queue its job.
 
@@ -109,7 +181,9 @@ def create_clip():
     if data is None:
         return error_response(400, "invalid_json", "the request body must be JSON (Content-Type: application/json)")
     key = _idempotency_key()
-    clip_input = validate_clip_request(data, current_app.config["CLIPQUEUE"])
+    settings = current_app.config["CLIPQUEUE"]
+    clip_input = schemas.parse_clip_request(data, settings)
+    check_source(clip_input.vod_url, settings)
     if key is not None and Clip.query.filter_by(idempotency_key=key).first() is not None:
         return _earlier_create(key, clip_input)
     clip = Clip(
@@ -135,21 +209,26 @@ def create_clip():
 
 
 @bp.get("/clips/<clip_id>")
+@operation("getClip", {200: ("the clip", schemas.Clip), 404: ("no such clip", None)})
 def get_clip(clip_id: str):
-    clip = _find_clip(clip_id)
+    """The clip record."""
+    clip = _find_clip(clip_uuid(clip_id))
     if clip is None:
         return _clip_not_found(clip_id)
-    return jsonify(clip.to_dict())
+    return _clip_response(clip)
 
 
 @bp.get("/clips/<clip_id>/job")
+@operation("getJob", {
+    200: ("the job's metadata", schemas.Job),
+    404: ("no such clip, or no job metadata (not queued yet, or expired)", None),
+})
 def get_job(clip_id: str):
     """The job's metadata from Redis (the seed's GetJobStatus)."""
-    try:
-        uuid.UUID(clip_id)
-    except ValueError:
+    key = clip_uuid(clip_id)
+    if key is None:
         return _clip_not_found(clip_id)
-    job = job_store().get(clip_id)
+    job = job_store().get(key)
     if job is None:
         return error_response(
             404, "job_not_found",
@@ -159,58 +238,80 @@ def get_job(clip_id: str):
 
 
 @bp.get("/queue")
+@operation("getQueueCounts", {200: ("jobs waiting", schemas.QueueCounts)})
 def queue_counts():
     """Jobs waiting in ``clip_extraction_jobs`` and in the dead-letter queue."""
-    return jsonify({
-        "pending": pending_count(),
-        "dead_letter": dead_letter_count(),
-        "not_yet_queued": unqueued_count(),
-    })
+    counts = schemas.QueueCounts(
+        pending=pending_count(), dead_letter=dead_letter_count(), not_yet_queued=unqueued_count(),
+    )
+    return jsonify(counts.model_dump())
 
 
 @bp.get("/dead-letter")
+@operation("listDeadLetters", {
+    200: ("jobs that failed for good, oldest first", schemas.DeadLetters),
+    400: ("limit is not 1 to 1000", None),
+}, query=schemas.DeadLetterQuery, private=True)
 def list_dead_letters():
-    raw = request.args.get("limit", "100")
-    # Not type=int: that silently turns "abc" into the default.
-    limit = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4 else None
-    if limit is None or not 1 <= limit <= 1000:
-        return error_response(400, "invalid_field", "limit must be 1 to 1000", "limit")
-    entries = deadletter.list_entries(limit)
+    """Jobs that failed for good, with error, traceback and attempts."""
+    try:
+        query = schemas.DeadLetterQuery.model_validate(request.args.to_dict())
+    except PydanticValidationError as exc:
+        raise schemas.validation_error(exc) from None
+    entries = deadletter.list_entries(query.limit)
     return jsonify({"count": dead_letter_count(), "jobs": entries})
 
 
 @bp.post("/dead-letter/<clip_id>/replay")
+@operation("replayDeadLetter", {
+    202: ("queued again", schemas.Replay),
+    200: ("nothing to replay (not dead-lettered)", schemas.Replay),
+    404: ("no such clip", None),
+})
 def replay_dead_letter(clip_id: str):
     """Queue a dead-lettered job again; a second replay finds nothing to do and says so."""
-    clip = _find_clip(clip_id)
+    key = clip_uuid(clip_id)
+    clip = _find_clip(key)
     if clip is None:
         return _clip_not_found(clip_id)
-    replayed = deadletter.replay(clip_id)
+    replayed = deadletter.replay(key)
     db.session.refresh(clip)
-    return jsonify({"clip_id": clip_id, "replayed": replayed, "status": clip.status}), 202 if replayed else 200
+    answer = schemas.Replay(clip_id=key, replayed=replayed, status=clip.status)
+    return jsonify(answer.model_dump()), 202 if replayed else 200
 
 
-@bp.get("/dead-letter/<uuid:clip_id>")
-def show_dead_letter(clip_id: uuid.UUID):
+@bp.get("/dead-letter/<clip_id:clip_id>")
+@operation("showDeadLetter", {
+    200: ("the dead-lettered job, with its traceback", schemas.DeadLetter),
+    404: ("the clip is not in the dead-letter queue", None),
+}, private=True)
+def show_dead_letter(clip_id: str):
     """One dead-lettered job, with its payload, error and traceback."""
-    entry = deadletter.get_entry(str(clip_id))
+    entry = deadletter.get_entry(clip_id)
     if entry is None:
-        return error_response(404, "not_found", f"clip {str(clip_id)!r} is not in the dead-letter queue", "clip_id")
+        return error_response(404, "not_found", f"clip {clip_id!r} is not in the dead-letter queue",
+                              "clip_id")
     return jsonify(entry)
 
 
 @bp.post("/dead-letter/replay")
+@operation("replayAllDeadLetters", {
+    202: ("the clips queued again", schemas.ReplayAll),
+    200: ("nothing was dead-lettered", schemas.ReplayAll),
+})
 def replay_all_dead_letters():
     """Queue every dead-lettered job again."""
     clip_ids = [entry["clip_id"] for entry in deadletter.list_entries()]
     replayed = [clip_id for clip_id in clip_ids if deadletter.replay(clip_id)]
-    return jsonify({"replayed": replayed, "count": len(replayed)}), 202 if replayed else 200
+    answer = schemas.ReplayAll(replayed=replayed, count=len(replayed))
+    return jsonify(answer.model_dump()), 202 if replayed else 200
 
 
 @bp.delete("/dead-letter")
+@operation("purgeDeadLetters", {200: ("how many were dropped", schemas.Purged)})
 def purge_dead_letters():
     """Drop every dead-lettered job; their clips stay failed."""
-    return jsonify({"purged": deadletter.purge()})
+    return jsonify(schemas.Purged(purged=deadletter.purge()).model_dump())
 
 
 def register_error_handlers(app) -> None:

@@ -90,3 +90,6 @@ RATE_LIMIT_READS = "600/minute"
 # is false (e.g. one internal origin, "10.20.0.0/16").
 ALLOWED_PRIVATE_NETWORKS = ""
 SOURCE_MAX_REDIRECTS = 5
+# The API checks a new clip's source host with one DNS lookup, bounded so a slow
+# resolver cannot hold a web worker; past it the worker checks the host again.
+API_DNS_TIMEOUT_SECONDS = 2.0

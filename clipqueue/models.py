@@ -84,34 +84,6 @@ class Clip(db.Model):
     )
     processed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "clip_id": str(self.id),
-            "id": str(self.id),
-            "vod_url": self.vod_url,
-            "start_time": self.start_time,
-            "end_time": self.end_time,
-            "quality": self.quality,
-            "quality_used": self.quality_used,
-            "mode": self.mode,
-            "title": self.title,
-            "status": self.status,
-            "video_url": self.video_url,
-            "thumbnail_url": self.thumbnail_url,
-            "duration": self.duration,
-            "actual_start_time": self.actual_start_time,
-            "actual_end_time": self.actual_end_time,
-            "width": self.width,
-            "height": self.height,
-            "size_bytes": self.size_bytes,
-            "muted_ranges": [list(r) for r in (self.muted_ranges or [])],
-            "extraction_method": self.extraction_method,
-            "error": self.error,
-            "created_at": isoformat(self.created_at),
-            "updated_at": isoformat(self.updated_at),
-            "processed_at": isoformat(self.processed_at),
-        }
-
 
 class DeadLetter(db.Model):
     """A job that failed for good and that an operator may replay.

@@ -1,355 +1,180 @@
-"""The OpenAPI 3 description of the API, served at ``/api/v1/openapi.json``.
+"""The OpenAPI 3.1 description of the API, served at ``/api/v1/openapi.json``.
 
-Built from the deployment's settings, so the limits it states (clip length,
-longest VOD, whether a token is needed, rate limits) are the ones enforced.
-``tests/security/test_openapi.py`` runs schemathesis against it to keep the
+Generated, not written: the paths and methods come from the app's URL map,
+each view's answers from its :func:`operation` declaration, and every schema
+from the pydantic models of :mod:`clipqueue.schemas` (``model_json_schema``,
+which is JSON Schema 2020-12, the dialect of OpenAPI 3.1). The deployment's
+settings shape it as they shape what is enforced: clip length and longest
+VOD (from :func:`clipqueue.schemas.clip_request_model`), allowed source
+hosts, which calls need a token, and which are rate limited.
+
+Why pydantic's own generator rather than spectree or flask-openapi3: both
+bind a model to a route once, at import time, so limits that are settings
+could not be in the document (or in the validation) of each deployment;
+both answer validation errors in their own format (a list of pydantic
+errors), where the API keeps ``{"error": {"code", "message", "field"}}``; and
+flask-openapi3 replaces the Flask app and blueprint classes. What they would
+add is the path table, which is this module's :func:`build_document`, about
+as long as their decorators' arguments.
+
+``tests/security/test_openapi.py`` drives the API with schemathesis through
+this document, checking that data it calls valid is accepted, to keep the
 two in step.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Flask, current_app, jsonify
+from pydantic import BaseModel
 
-from clipqueue import defaults
 from clipqueue.config import Settings
-from clipqueue.validation import MODES, QUALITIES
+from clipqueue.schemas import ErrorBody, clip_request_model
 
 openapi_bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
 JSON = "application/json"
+COMPONENTS = "#/components/schemas/{model}"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+@dataclass(frozen=True)
+class Operation:
+    """What the document says about one view: its answers and what it reads.
+
+    ``responses`` maps a status to ``(description, model)``; ``model`` None
+    means the error format, ``dict`` any JSON object. ``body``: the request
+    body is the clip request (its model built per deployment). ``private``
+    reads need the bearer token when ``API_TOKENS`` is set, as every write does.
+    """
+
+    operation_id: str
+    responses: dict[int, tuple[str, type | None]]
+    summary: str = ""
+    body: bool = False
+    query: type[BaseModel] | None = None
+    headers: tuple[dict[str, Any], ...] = ()
+    private: bool = False
+    backend: bool = True  # reads Redis or the database: may answer 503
+    rate_limited: bool = True
+
+    def needs_token(self, method: str) -> bool:
+        return self.private or method not in SAFE_METHODS
 
 
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "nullable": True}
+def operation(operation_id: str, responses: dict[int, tuple[str, type | None]], **options) -> Callable:
+    """Declare a view's part of the document (see :class:`Operation`)."""
+
+    def attach(view: Callable) -> Callable:
+        summary = view.__doc__.strip().splitlines()[0] if view.__doc__ else ""
+        view.openapi = Operation(operation_id, responses, summary=summary, **options)
+        return view
+
+    return attach
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
+def view_operation(app: Flask, endpoint: str | None) -> Operation | None:
+    """The :class:`Operation` of the view serving ``endpoint``, if it declared one."""
+    view = app.view_functions.get(endpoint) if endpoint else None
+    return getattr(view, "openapi", None)
 
 
-def _ok(description: str, schema: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": _ref(schema)}}}
+def _content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {JSON: {"schema": schema}}
 
 
-CLIP_ID = {
-    "name": "clip_id", "in": "path", "required": True,
-    "description": "The clip's UUID; anything else is answered 404.",
-    "schema": {"type": "string"},
-}
+def _ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
+    """A reference to ``model``, adding it (and the models it uses) to ``schemas``."""
+    schema = model.model_json_schema(ref_template=COMPONENTS)
+    schemas.update(schema.pop("$defs", {}))
+    name = schema.get("title", model.__name__)
+    schemas[name] = schema
+    return {"$ref": COMPONENTS.format(model=name)}
 
 
-def _schemas(settings: Settings) -> dict[str, Any]:
-    number = {"type": "number", "minimum": 0}
+def _path(rule: str) -> tuple[str, list[str]]:
+    """``/x/<uuid:clip_id>`` as OpenAPI writes it, ``/x/{clip_id}``, and its variables."""
+    variables = re.findall(r"<(?:\w+:)?(\w+)>", rule)
+    return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule), variables
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(ref_template=COMPONENTS)
+    required = set(schema.get("required", ()))
+    return [{"name": name, "in": "query", "required": name in required, "schema": prop}
+            for name, prop in schema["properties"].items()]
+
+
+def _operation_document(op: Operation, method: str, variables: list[str], settings: Settings,
+                        schemas: dict[str, Any]) -> dict[str, Any]:
+    error = _ref(ErrorBody, schemas)
+    responses: dict[str, Any] = {}
+    for status, (description, model) in op.responses.items():
+        schema = error if model is None else {"type": "object"} if model is dict else _ref(model, schemas)
+        responses[str(status)] = {"description": description, "content": _content(schema)}
+    needs_token = bool(settings.api_tokens) and op.needs_token(method)
+    if needs_token:
+        responses["401"] = {"description": "no bearer token", "content": _content(error)}
+        responses["403"] = {"description": "the bearer token is not valid", "content": _content(error)}
+    write = method not in SAFE_METHODS
+    if write:
+        responses["413"] = {"description": f"the body is larger than {settings.max_request_bytes} bytes",
+                            "content": _content(error)}
+    limit = settings.rate_limit if write else settings.rate_limit_reads
+    if op.rate_limited and limit:
+        responses["429"] = {"description": f"rate limit exceeded ({limit})", "content": _content(error)}
+    if op.backend:
+        responses["503"] = {"description": "Redis or the database is unavailable (code redis_unavailable "
+                                           "or database_unavailable); try again", "content": _content(error)}
+    document: dict[str, Any] = {"operationId": op.operation_id}
+    if op.summary:
+        document["summary"] = op.summary
+    if needs_token:
+        document["security"] = [{"bearerAuth": []}]
+    parameters = [{"name": name, "in": "path", "required": True,
+                   "description": "The clip's UUID, in any spelling Python's uuid.UUID reads; "
+                                  "anything else is answered 404.",
+                   "schema": {"type": "string"}} for name in variables]
+    parameters += list(op.headers)
+    if op.query is not None:
+        parameters += _query_parameters(op.query)
+    if parameters:
+        document["parameters"] = parameters
+    if op.body:
+        document["requestBody"] = {"required": True,
+                                   "content": _content(_ref(clip_request_model(settings), schemas))}
+    document["responses"] = responses
+    return document
+
+
+def build_document(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``app``'s API, with its deployment's limits."""
+    settings: Settings = app.config["CLIPQUEUE"]
+    schemas: dict[str, Any] = {}
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        op = view_operation(app, rule.endpoint)
+        if not rule.rule.startswith("/api/") or op is None:
+            continue
+        path, variables = _path(rule.rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            paths.setdefault(path, {})[method.lower()] = _operation_document(
+                op, method, variables, settings, schemas)
     return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message", "field"],
-                    "properties": {
-                        "code": {"type": "string", "description": "machine-readable, e.g. invalid_field, forbidden_source"},
-                        "message": {"type": "string"},
-                        "field": _nullable({"type": "string", "description": "the request field at fault"}),
-                    },
-                },
-            },
-        },
-        "ClipRequest": {
-            "type": "object",
-            "required": ["vod_url", "start_time", "end_time"],
-            "description": (
-                f"end_time must be greater than start_time; the clip lasts {settings.min_clip_seconds:g} to "
-                f"{settings.max_clip_seconds:g} s. Unknown fields are ignored."
-            ),
-            "example": {
-                "vod_url": "https://vod.example/videos/1234/master.m3u8",
-                "start_time": 10.0, "end_time": 25.0, "quality": "720p", "title": "nice play",
-            },
-            "properties": {
-                "vod_url": {
-                    "type": "string", "minLength": 1, "maxLength": defaults.MAX_URL_LENGTH,
-                    "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s]+$",
-                    "description": (
-                        "An HLS playlist (master or media) or an MP4/TS file over http(s). "
-                        "Refused with code forbidden_source when the source policy forbids it."
-                    ),
-                },
-                "start_time": {**number, "description": "seconds into the VOD"},
-                "end_time": {**number, "maximum": settings.max_vod_seconds, "description": "seconds into the VOD"},
-                # null means the default, as when the field is left out.
-                "quality": _nullable({"type": "string", "enum": [*QUALITIES, None], "default": "auto"}),
-                "mode": _nullable({"type": "string", "enum": [*MODES, None], "default": "accurate"}),
-                "title": _nullable({
-                    "type": "string", "minLength": 1, "maxLength": defaults.MAX_TITLE_LENGTH,
-                    "description": "trimmed; must not be blank or contain control characters",
-                }),
-            },
-        },
-        "Clip": {
-            "type": "object",
-            "required": ["clip_id", "id", "vod_url", "start_time", "end_time", "quality", "mode", "status",
-                         "created_at", "updated_at"],
-            "properties": {
-                "clip_id": {"type": "string", "format": "uuid"},
-                "id": {"type": "string", "format": "uuid"},
-                "vod_url": {"type": "string"},
-                "start_time": {"type": "number"},
-                "end_time": {"type": "number"},
-                "quality": {"type": "string", "enum": list(QUALITIES)},
-                "quality_used": _nullable({"type": "string"}),
-                "mode": {"type": "string", "enum": list(MODES)},
-                "title": _nullable({"type": "string"}),
-                "status": {"type": "string", "enum": ["processing", "ready", "failed"]},
-                "video_url": _nullable({"type": "string"}),
-                "thumbnail_url": _nullable({"type": "string"}),
-                "duration": _nullable({"type": "number"}),
-                "actual_start_time": _nullable({"type": "number"}),
-                "actual_end_time": _nullable({"type": "number"}),
-                "width": _nullable({"type": "integer"}),
-                "height": _nullable({"type": "integer"}),
-                "size_bytes": _nullable({"type": "integer"}),
-                "muted_ranges": {
-                    "type": "array",
-                    "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
-                },
-                "extraction_method": _nullable({"type": "string"}),
-                "error": _nullable({"type": "string"}),
-                "created_at": {"type": "string", "format": "date-time"},
-                "updated_at": {"type": "string", "format": "date-time"},
-                "processed_at": _nullable({"type": "string", "format": "date-time"}),
-            },
-        },
-        "Job": {
-            "type": "object",
-            "description": "The job's metadata in Redis (clip_extraction_job:{clip_id}).",
-            "required": ["status", "clip_id"],
-            "properties": {
-                "status": {"type": "string", "enum": ["queued", "running", "retrying", "completed", "failed"]},
-                "clip_id": {"type": "string"},
-                "queued_at": _nullable({"type": "string"}),
-                "vod_url": _nullable({"type": "string"}),
-                "start_time": _nullable({"type": "number"}),
-                "end_time": _nullable({"type": "number"}),
-                "quality": _nullable({"type": "string"}),
-                "started_at": _nullable({"type": "string"}),
-                "stage": _nullable({"type": "string"}),
-                "progress": _nullable({"type": "integer", "minimum": 0, "maximum": 100}),
-                "attempts": _nullable({"type": "integer"}),
-                "worker": _nullable({"type": "string"}),
-                "completed_at": _nullable({"type": "string"}),
-                "error": _nullable({"type": "string"}),
-            },
-        },
-        "QueueCounts": {
-            "type": "object",
-            "required": ["pending", "dead_letter", "not_yet_queued"],
-            "properties": {
-                "pending": {"type": "integer", "minimum": 0, "description": "jobs waiting in clip_extraction_jobs"},
-                "dead_letter": {"type": "integer", "minimum": 0},
-                "not_yet_queued": {"type": "integer", "minimum": 0,
-                                   "description": "clips whose job waits for Redis to come back"},
-            },
-        },
-        "DeadLetters": {
-            "type": "object",
-            "required": ["count", "jobs"],
-            "properties": {
-                "count": {"type": "integer", "minimum": 0},
-                "jobs": {"type": "array", "items": _ref("DeadLetter")},
-            },
-        },
-        "DeadLetter": {
-            "type": "object",
-            "required": ["clip_id", "error", "attempts"],
-            "properties": {
-                "clip_id": {"type": "string"},
-                "payload": {"type": "object"},
-                "error": {"type": "string"},
-                "traceback": {"type": "string"},
-                "attempts": {"type": "integer"},
-                "failed_at": {"type": "string"},
-            },
-        },
-        "ReplayAll": {
-            "type": "object",
-            "required": ["replayed", "count"],
-            "properties": {
-                "replayed": {"type": "array", "items": {"type": "string"}},
-                "count": {"type": "integer", "minimum": 0},
-            },
-        },
-        "Purged": {
-            "type": "object",
-            "required": ["purged"],
-            "properties": {"purged": {"type": "integer", "minimum": 0}},
-        },
-        "Replay": {
-            "type": "object",
-            "required": ["clip_id", "replayed", "status"],
-            "properties": {
-                "clip_id": {"type": "string"},
-                "replayed": {"type": "boolean", "description": "false when the job was not dead-lettered"},
-                "status": {"type": "string", "enum": ["processing", "ready", "failed"]},
-            },
-        },
-    }
-
-
-def build_document(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI 3.0 document of this deployment's API."""
-    limited = {"429": _error("rate limit exceeded (RATE_LIMIT / RATE_LIMIT_READS)")}
-    read_limited = limited if settings.rate_limit_reads else {}
-    write_limited = limited if settings.rate_limit else {}
-    write_security = [{"bearerAuth": []}] if settings.api_tokens else [{}]
-    auth_errors = {
-        "401": _error("no bearer token"),
-        "403": _error("the bearer token is not valid"),
-    } if settings.api_tokens else {}
-    redis_down = {"503": _error("Redis is unavailable")}
-    not_found = {"404": _error("no such clip")}
-    return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "clipqueue",
             "version": "1",
             "description": "Cut clips out of VODs: create a clip, then follow its job until it is ready.",
         },
         "servers": [{"url": "/"}],
-        "paths": {
-            "/api/v1/clips": {
-                "post": {
-                    "operationId": "createClip",
-                    "summary": "Validate, record the clip as processing and queue its job",
-                    "security": write_security,
-                    "parameters": [{
-                        "name": "Idempotency-Key", "in": "header", "required": False,
-                        "description": "Retrying the same POST with the same key returns the first clip (200).",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-                    }],
-                    "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ClipRequest")}}},
-                    "responses": {
-                        "201": {
-                            **_ok("the clip, still processing", "Clip"),
-                            "headers": {"Location": {"schema": {"type": "string"}}},
-                        },
-                        "200": {
-                            **_ok("the clip an earlier POST with this Idempotency-Key made", "Clip"),
-                            "headers": {"Location": {"schema": {"type": "string"}}},
-                        },
-                        "409": _error("the Idempotency-Key was used for a different clip"),
-                        "400": _error("a field is missing or invalid (error.field names it), or the body is not JSON"),
-                        **auth_errors,
-                        "413": _error(f"the body is larger than {settings.max_request_bytes} bytes"),
-                        **write_limited,
-                    },
-                },
-            },
-            "/api/v1/clips/{clip_id}": {
-                "get": {
-                    "operationId": "getClip",
-                    "parameters": [CLIP_ID],
-                    "responses": {"200": _ok("the clip", "Clip"), **not_found, **read_limited},
-                },
-            },
-            "/api/v1/clips/{clip_id}/job": {
-                "get": {
-                    "operationId": "getJob",
-                    "parameters": [CLIP_ID],
-                    "responses": {
-                        "200": _ok("the job's metadata", "Job"),
-                        "404": _error("no such clip, or no job metadata (not queued yet, or expired)"),
-                        **redis_down, **read_limited,
-                    },
-                },
-            },
-            "/api/v1/queue": {
-                "get": {
-                    "operationId": "getQueueCounts",
-                    "responses": {"200": _ok("jobs waiting", "QueueCounts"), **redis_down, **read_limited},
-                },
-            },
-            "/api/v1/dead-letter": {
-                "delete": {
-                    "operationId": "purgeDeadLetters",
-                    "summary": "Drop every dead-lettered job (their clips stay failed)",
-                    "security": write_security,
-                    "responses": {
-                        "200": _ok("how many were dropped", "Purged"),
-                        **auth_errors,
-                        "413": _error(f"the body is larger than {settings.max_request_bytes} bytes"),
-                        **redis_down, **write_limited,
-                    },
-                },
-                "get": {
-                    "operationId": "listDeadLetters",
-                    "parameters": [{
-                        "name": "limit", "in": "query", "required": False,
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-                    }],
-                    "responses": {
-                        "200": _ok("jobs that failed for good, oldest first", "DeadLetters"),
-                        "400": _error("limit is not 1 to 1000"),
-                        **redis_down, **read_limited,
-                    },
-                },
-            },
-            "/api/v1/dead-letter/{clip_id}": {
-                "get": {
-                    "operationId": "showDeadLetter",
-                    "parameters": [{**CLIP_ID, "schema": {"type": "string", "format": "uuid"}}],
-                    "responses": {
-                        "200": _ok("the dead-lettered job, with its traceback", "DeadLetter"),
-                        "404": _error("the clip is not in the dead-letter queue"),
-                        **redis_down, **read_limited,
-                    },
-                },
-            },
-            "/api/v1/dead-letter/replay": {
-                "post": {
-                    "operationId": "replayAllDeadLetters",
-                    "summary": "Queue every dead-lettered job again",
-                    "security": write_security,
-                    "responses": {
-                        "202": _ok("the clips queued again", "ReplayAll"),
-                        "200": _ok("nothing was dead-lettered", "ReplayAll"),
-                        **auth_errors,
-                        "413": _error(f"the body is larger than {settings.max_request_bytes} bytes"),
-                        **redis_down, **write_limited,
-                    },
-                },
-            },
-            "/api/v1/dead-letter/{clip_id}/replay": {
-                "post": {
-                    "operationId": "replayDeadLetter",
-                    "summary": "Queue a dead-lettered job again; replaying twice does no harm",
-                    "security": write_security,
-                    "parameters": [CLIP_ID],
-                    "responses": {
-                        "202": _ok("queued again", "Replay"),
-                        "200": _ok("nothing to replay (not dead-lettered)", "Replay"),
-                        **not_found, **auth_errors,
-                        "413": _error(f"the body is larger than {settings.max_request_bytes} bytes"),
-                        **redis_down, **write_limited,
-                    },
-                },
-            },
-            "/api/v1/openapi.json": {
-                "get": {
-                    "operationId": "getOpenAPI",
-                    "responses": {"200": {"description": "this document", "content": {JSON: {"schema": {"type": "object"}}}}},
-                },
-            },
-        },
+        "paths": paths,
         "components": {
-            "schemas": _schemas(settings),
+            "schemas": dict(sorted(schemas.items())),
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
                                                "description": "one of API_TOKENS"}},
         },
@@ -357,5 +182,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
 
 
 @openapi_bp.get("/openapi.json")
+@operation("getOpenAPI", {200: ("this document", dict)}, backend=False, rate_limited=False)
 def openapi_document():
-    return jsonify(build_document(current_app.config["CLIPQUEUE"]))
+    """This document."""
+    return jsonify(build_document(current_app))

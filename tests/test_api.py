@@ -215,3 +215,70 @@ def test_concurrent_posts_with_one_idempotency_key_make_one_clip(service_factory
     assert sorted(r.status_code for r in responses) == [200] * 7 + [201]
     assert len({r.get_json()["clip_id"] for r in responses}) == 1
     assert service.client.get("/api/v1/queue").get_json()["pending"] == 1
+
+
+@pytest.mark.parametrize("field", ["start_time", "end_time"])
+def test_a_400_digit_integer_time_is_a_400_naming_the_field(api, field):
+    body = json.dumps({**GOOD, field: 0}).replace(f'"{field}": 0', f'"{field}": {"9" * 400}')
+    response = api.client.post("/api/v1/clips", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert (_error(response)["code"], _error(response)["field"]) == ("invalid_field", field)
+    _nothing_accepted(api)
+
+
+def test_every_spelling_of_a_clip_id_finds_its_clip_job_and_dead_letter(service_factory, vod_dir):
+    from clipqueue.sample.server import serve_directory
+
+    # A source that always answers 503: after its one attempt the job is dead-lettered.
+    server = serve_directory(vod_dir, fail_first={"/hls/master.m3u8": 10**6})
+    try:
+        service = service_factory(JOB_MAX_RETRIES="0", FETCH_RETRIES="0")
+        service.start_worker()
+        created = service.create_clip(vod_url=f"{server.url}/hls/master.m3u8", start_time=1, end_time=5)
+        clip_id = created.get_json()["clip_id"]
+        assert service.wait_for_clip(clip_id)["status"] == "failed"
+        spellings = [clip_id.upper(), "{" + clip_id + "}", "urn:uuid:" + clip_id, clip_id.replace("-", "")]
+        for spelling in spellings:
+            for path in (f"/api/v1/clips/{spelling}", f"/api/v1/clips/{spelling}/job",
+                         f"/api/v1/dead-letter/{spelling}"):
+                response = service.client.get(path)
+                assert response.status_code == 200, (path, response.get_json())
+                assert response.get_json()["clip_id"] == clip_id, path
+        replay = service.client.post(f"/api/v1/dead-letter/{spellings[0]}/replay")
+        assert replay.status_code == 202, replay.get_json()
+        assert replay.get_json()["clip_id"] == clip_id
+        assert service.client.get(f"/api/v1/dead-letter/{clip_id}").status_code == 404
+    finally:
+        server.stop()
+
+
+def test_a_database_outage_is_a_503_in_the_error_format(service_factory):
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    from tests.services import POSTGRES_ADMIN_URL
+
+    service = service_factory(db="postgres")
+    clip_id = service.create_clip(**GOOD).get_json()["clip_id"]
+    name = make_url(service.env["DATABASE_URL"]).database
+    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                           (name,))
+            cursor.execute(f'DROP DATABASE "{name}"')
+    finally:
+        admin.close()
+    for response in (service.client.get(f"/api/v1/clips/{clip_id}"), service.create_clip(**GOOD),
+                     service.client.get("/api/v1/queue")):
+        assert response.status_code == 503, response.get_json()
+        assert _error(response)["code"] == "database_unavailable"
+
+
+def test_clip_record_has_exactly_the_fields_its_document_lists(api):
+    clip = api.create_clip(**GOOD).get_json()
+    document = api.client.get("/api/v1/openapi.json").get_json()
+    record = document["components"]["schemas"]["Clip"]
+    assert set(clip) == set(record["properties"]) == set(record["required"])
+    assert api.clip(clip["clip_id"]) == clip

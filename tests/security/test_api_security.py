@@ -139,3 +139,41 @@ def test_wrong_method_answers_405_with_allow_header(service_factory):
     assert response.status_code == 405
     assert "POST" in response.headers["Allow"]
     assert _error(response)["code"] == "method_not_allowed"
+
+
+def test_dead_letter_reads_need_a_token_when_tokens_are_set(service_factory):
+    # Dead letters hold every failed job's source URL (signed query strings) and traceback.
+    service = service_factory(API_TOKENS="alpha")
+    for path in ("/api/v1/dead-letter", "/api/v1/dead-letter/00000000-0000-0000-0000-000000000000"):
+        assert service.client.get(path).status_code == 401, path
+        wrong = service.client.get(path, headers={"Authorization": "Bearer nope"})
+        assert (wrong.status_code, _error(wrong)["code"]) == (403, "forbidden"), path
+    right = service.client.get("/api/v1/dead-letter", headers={"Authorization": "Bearer alpha"})
+    assert right.get_json() == {"count": 0, "jobs": []}
+    # The other reads stay open.
+    assert service.client.get("/api/v1/queue").status_code == 200
+
+
+def test_a_slow_dns_answer_does_not_hold_the_request(service_factory, fake_dns):
+    import threading
+    import time
+
+    from clipqueue import defaults
+
+    release = threading.Event()
+
+    def slow_answer():
+        release.wait(30)
+        return ["93.184.216.34"]
+
+    fake_dns({"vod.example": slow_answer})
+    service = service_factory(ALLOW_PRIVATE_SOURCES="false")
+    try:
+        started = time.monotonic()
+        response = service.create_clip(**GOOD)
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+    # DNS failing for now is no reason to refuse: the worker checks the host again before fetching.
+    assert response.status_code == 201, response.get_json()
+    assert elapsed < defaults.API_DNS_TIMEOUT_SECONDS + 2
