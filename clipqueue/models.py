@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Any
 
 import sqlalchemy as sa
 from flask_sqlalchemy import SQLAlchemy
@@ -65,7 +64,7 @@ class Clip(db.Model):
     muted_ranges: Mapped[list | None] = mapped_column(sa.JSON)
     extraction_method: Mapped[str | None] = mapped_column(sa.String(32))
     error: Mapped[str | None] = mapped_column(sa.Text)
-    # Why a failed clip failed, as a short code metrics count by (see clipqueue.clips.failure_code).
+    # Why a failed clip failed, as a short code metrics count by (the exception's code: tasks.failure_code).
     failure_code: Mapped[str | None] = mapped_column(sa.String(32))
     # Starts of its job (retries and redeliveries alike) and re-queues after a lost worker:
     # the poison-job counters, kept here so that a Redis that restarts empty cannot reset them.

@@ -26,8 +26,8 @@ def test_finalizing_does_not_wait_behind_a_long_job(service_factory, vod_dir, ma
         jobs_only.stop()
 
         # The Procfile's worker with one job slot, busy with a long clip.
-        with procfile_process("worker", {**service.env, "WORKER_CONCURRENCY": "1"},
-                             service.workdir / "procfile-worker.log") as worker:
+        env = {**service.env, "WORKER_CONCURRENCY": "1"}
+        with procfile_process("worker", env, service.workdir / "procfile-worker.log") as worker:
             long = service.create_clip(vod_url=f"{slow.url}/hls/master.m3u8", start_time=2,
                                        end_time=22).get_json()["clip_id"]
             wait_until(lambda: service.job(long).get("status") == "running", 60, what="the long job to start")
