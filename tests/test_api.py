@@ -227,7 +227,7 @@ def test_a_400_digit_integer_time_is_a_400_naming_the_field(api, field):
 
 
 def test_every_spelling_of_a_clip_id_finds_its_clip_job_and_dead_letter(service_factory, vod_dir):
-    from clipqueue.sample.server import serve_directory
+    from samplevod.server import serve_directory
 
     # A source that always answers 503: after its one attempt the job is dead-lettered.
     server = serve_directory(vod_dir, fail_first={"/hls/master.m3u8": 10**6})
