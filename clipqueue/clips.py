@@ -31,13 +31,13 @@ _OUTPUT_COLUMNS = (
 )
 
 
-def clip_uuid(clip_id: str | uuid.UUID) -> uuid.UUID:
+def _uuid(clip_id: str | uuid.UUID) -> uuid.UUID:
     return clip_id if isinstance(clip_id, uuid.UUID) else uuid.UUID(str(clip_id))
 
 
 def get(clip_id: str) -> Clip | None:
     """The clip as the database has it now (not as this session last saw it)."""
-    return db.session.get(Clip, clip_uuid(clip_id), populate_existing=True)
+    return db.session.get(Clip, _uuid(clip_id), populate_existing=True)
 
 
 def _transition(clip_id: str, from_status: str, **values: Any) -> bool:
@@ -45,14 +45,14 @@ def _transition(clip_id: str, from_status: str, **values: Any) -> bool:
     now = utcnow()
     return db.session.execute(
         sa.update(Clip)
-        .where(Clip.id == clip_uuid(clip_id), Clip.status == from_status)
+        .where(Clip.id == _uuid(clip_id), Clip.status == from_status)
         .values(updated_at=now, **values)
     ).rowcount == 1
 
 
 def _increment(clip_id: str, column: sa.Column) -> int:
-    db.session.execute(sa.update(Clip).where(Clip.id == clip_uuid(clip_id)).values({column: column + 1}))
-    value = db.session.execute(sa.select(column).where(Clip.id == clip_uuid(clip_id))).scalar_one()
+    db.session.execute(sa.update(Clip).where(Clip.id == _uuid(clip_id)).values({column: column + 1}))
+    value = db.session.execute(sa.select(column).where(Clip.id == _uuid(clip_id))).scalar_one()
     db.session.commit()
     return int(value)
 
@@ -95,7 +95,7 @@ def mark_ready(clip_id: str, output: dict[str, Any]) -> bool:
     )
     db.session.commit()
     if not changed:
-        status = db.session.execute(sa.select(Clip.status).where(Clip.id == clip_uuid(clip_id))).scalar_one()
+        status = db.session.execute(sa.select(Clip.status).where(Clip.id == _uuid(clip_id))).scalar_one()
         if status != STATUS_READY:
             jlog.info("clip is %s; not finalizing it", status)
             return False
@@ -124,7 +124,7 @@ def mark_failed(clip_id: str, error: str, *, code: str, attempts: int, traceback
     changed = _transition(clip_id, STATUS_PROCESSING, status=STATUS_FAILED, error=error, failure_code=code,
                           processed_at=utcnow())
     if changed and traceback is not None:
-        db.session.add(DeadLetter(clip_id=clip_uuid(clip_id), error=error,
+        db.session.add(DeadLetter(clip_id=_uuid(clip_id), error=error,
                                   traceback=traceback[-MAX_TRACEBACK_CHARS:], attempts=attempts))
     db.session.commit()
     if not changed:
@@ -134,7 +134,7 @@ def mark_failed(clip_id: str, error: str, *, code: str, attempts: int, traceback
     if traceback is None:
         jlog.warning("clip failed (%s): %s", code, error)
         return True
-    deadletter.mirror_push(db.session.get(DeadLetter, clip_uuid(clip_id)))
+    deadletter.mirror_push(db.session.get(DeadLetter, _uuid(clip_id)))
     jlog.error("job failed for good after %d attempt(s), dead-lettered (%s): %s", attempts, code, error)
     return True
 
@@ -150,7 +150,7 @@ def replay(clip_id: str) -> bool:
 
     db.session.rollback()
     removed = db.session.execute(
-        sa.delete(DeadLetter).where(DeadLetter.clip_id == clip_uuid(clip_id))
+        sa.delete(DeadLetter).where(DeadLetter.clip_id == _uuid(clip_id))
     ).rowcount == 1
     if not removed:
         db.session.rollback()
@@ -158,7 +158,7 @@ def replay(clip_id: str) -> bool:
     _transition(clip_id, STATUS_FAILED, status=STATUS_PROCESSING, error=None, failure_code=None,
                 enqueued_at=None, processed_at=None, output=None, deliveries=0, redeliveries=0)
     db.session.commit()
-    deadletter.mirror_remove(str(clip_uuid(clip_id)))
+    deadletter.mirror_remove(str(_uuid(clip_id)))
     clip = get(clip_id)
     if clip.status != STATUS_PROCESSING:
         return True

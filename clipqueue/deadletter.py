@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import Any
 
 import redis
@@ -50,9 +51,7 @@ def list_entries(limit: int | None = None) -> list[dict[str, Any]]:
 
 
 def get_entry(clip_id: str) -> dict[str, Any] | None:
-    from clipqueue.clips import clip_uuid
-
-    row = db.session.execute(_query().where(DeadLetter.clip_id == clip_uuid(clip_id))).first()
+    row = db.session.execute(_query().where(DeadLetter.clip_id == uuid.UUID(clip_id))).first()
     return None if row is None else record(*row)
 
 

@@ -7,9 +7,10 @@ from collections.abc import Iterable
 
 from celery import Celery
 
-# The loggers of Celery's "Task x[id] received" and "Task x[id] succeeded in ..." lines;
-# both pass the task's name in the record's ``data``.
-_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+# The loggers of Celery's "Task x[id] received" and "Task x[id] succeeded in ..." lines (both
+# pass the task's name in the record's ``data``), and of "Discarding revoked task: x[id]" (the
+# name is its first argument), said of a periodic run that expired while the worker was away.
+_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.worker.request")
 
 
 class PeriodicTaskChatterFilter(logging.Filter):
@@ -23,7 +24,10 @@ class PeriodicTaskChatterFilter(logging.Filter):
         if record.levelno > logging.INFO:
             return True
         data = getattr(record, "data", None)
-        return not (isinstance(data, dict) and data.get("name") in self.task_names)
+        if isinstance(data, dict):
+            return data.get("name") not in self.task_names
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (args and args[0] in self.task_names)
 
 
 def quiet_periodic_task_logs(celery: Celery) -> None:

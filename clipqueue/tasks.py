@@ -162,6 +162,7 @@ def process_clip(self, clip_id: str) -> StoredClip | None:
         db.session.remove()
         most = settings.job_max_retries + 1 + settings.max_redeliveries
         if deliveries > most:
+            store.update(clip_id, deliveries=deliveries)
             clips.mark_failed(clip_id, f"job started {deliveries - 1} times without finishing; giving up",
                               code="poison_job", attempts=self.request.retries + 1, traceback="")
             return None

@@ -507,6 +507,7 @@ def test_job_that_keeps_killing_its_worker_is_dead_lettered_after_the_cap(servic
     assert clip["status"] == "failed" and "giving up" in clip["error"], clip
     job = service.job(clip_id)
     assert job["status"] == "failed" and job["deliveries"] == 3
+    assert clip_row(service, clip_id).deliveries == 3
     letters = service.client.get("/api/v1/dead-letter").get_json()["jobs"]
     assert [entry["clip_id"] for entry in letters] == [clip_id]
 
