@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from flask import current_app
 
 from clipqueue import clips, deadletter
-from clipqueue.jobs import JOB_QUEUED, JOB_RETRYING, JOB_RUNNING, decode_record, get_redis
+from clipqueue.jobs import JOB_QUEUED, JOB_RETRYING, JOB_RUNNING, decode_record, get_redis, job_store, now_iso
 from clipqueue.keys import job_key, lease_key
 from clipqueue.models import STATUS_PROCESSING, Clip, as_utc, utcnow
 from clipqueue.queue import requeue_job, send_finalize, waiting_clip_ids
@@ -75,6 +75,9 @@ def run_janitor() -> Counter:
         if clip.output is not None:
             if now - max(as_utc(clip.updated_at), moved) > lease_ttl:
                 send_finalize(clip_id)
+                # Moving the metadata on spaces the next resend a lease TTL out, not every round.
+                job_store().update(clip_id, stage="finalizing", requeued_at=now_iso(),
+                                   requeue_reason="finalizing lost; sent again")
                 tally["finalize_sent_again"] += 1
         elif job is None:
             if now - enqueued > lease_ttl:

@@ -307,8 +307,12 @@ def finalize_clip(self, stored: StoredClip | None, clip_id: str) -> None:
     clips.mark_ready(clip_id, dict(stored))
 
 
-def _exclusively(name: str, timeout: float, work: Callable[[], Any]) -> Any:
-    """Run ``work`` unless another process runs the same maintenance now; None if it does."""
+def _exclusively(name: str, every: float, work: Callable[[], Any]) -> Any:
+    """Run ``work``, beat's maintenance run every ``every`` s, unless another process runs it now; None if so.
+
+    The lock outlives a few intervals, so a run that dies holding it blocks the next ones only briefly.
+    """
+    timeout = max(60.0, 4 * every)
     lock = get_redis().lock(maintenance_lock_key(name), timeout=timeout, blocking=False)
     if not lock.acquire():
         log.info("%s is already running elsewhere; skipped", name)
@@ -325,14 +329,14 @@ def _exclusively(name: str, timeout: float, work: Callable[[], Any]) -> Any:
 def janitor_task() -> dict | None:
     """Re-queue jobs that are really lost, send lost finalizing again, rebuild the dead-letter mirror."""
     settings: Settings = current_app.config["CLIPQUEUE"]
-    result = _exclusively("janitor", max(60.0, 4 * settings.janitor_interval_seconds), run_janitor)
+    result = _exclusively("janitor", settings.janitor_interval_seconds, run_janitor)
     return None if result is None else dict(result)
 
 
 def sweep_outbox_task() -> int | None:
     """Queue clips whose job never reached Redis (created while it was down)."""
     settings: Settings = current_app.config["CLIPQUEUE"]
-    queued = _exclusively("outbox", max(60.0, 4 * settings.outbox_sweep_seconds), sweep_outbox)
+    queued = _exclusively("outbox", settings.outbox_sweep_seconds, sweep_outbox)
     if queued:
         log.info("outbox sweep queued %d job(s)", queued)
     return queued
