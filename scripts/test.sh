@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the whole test suite against real services: installs what is missing,
-# makes sure PostgreSQL answers, then runs pytest. Extra arguments go to pytest.
+# makes sure PostgreSQL answers, then runs pytest in parallel. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh test
@@ -25,4 +25,7 @@ then
   export TEST_POSTGRES_URL="postgresql://postgres:postgres@127.0.0.1:5432/postgres"
 fi
 
-exec .venv/bin/python -m pytest "$@"
+# Most tests wait on real services (workers, ffmpeg, sleeps until a job is ready), so they run in parallel
+# xdist workers, each with its own Redis, S3 API and VOD server. TEST_WORKERS=N changes how many; 0 runs serially.
+# Tests marked xdist_group share a worker and run one after another (loadgroup).
+exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-4}" --dist loadgroup "$@"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +14,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.services import REPO, BeatProcess, RedisServer, WorkerProcess, free_port, postgres_database, wait_until
+from tests.services import (
+    REPO, BeatProcess, GeneratedMedia, RedisServer, WorkerProcess, free_port, postgres_database, wait_until,
+)
 
 # boto3 in the tests and in the workers talks to the local S3 API server only.
 AWS_ENV = {
@@ -60,13 +63,20 @@ def s3_endpoint() -> str:
 
 
 @pytest.fixture(scope="session")
-def vod_dir(tmp_path_factory) -> Path:
-    """A 60 s HLS VOD with a master playlist, two variants named for their heights, 10 s segments."""
-    from samplevod.vod import generate_hls_vod
+def generated_media(tmp_path_factory) -> GeneratedMedia:
+    """Sample VODs encoded once per run: in the run's temporary folder, which xdist workers share."""
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's basetemp is a folder of the run's own (popen-gw0, ...).
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return GeneratedMedia(shared / "generated-media")
 
+
+@pytest.fixture(scope="session")
+def vod_dir(tmp_path_factory, generated_media) -> Path:
+    """A 60 s HLS VOD with a master playlist, two variants named for their heights, 10 s segments."""
     root = tmp_path_factory.mktemp("vod")
     variants = (("360p", 640, 360, 800_000), ("160p", 284, 160, 250_000))
-    generate_hls_vod(root / "hls", duration=60, segment_seconds=10, variants=variants)
+    generated_media.hls_vod(root / "hls", duration=60, segment_seconds=10, variants=variants)
     return root
 
 
@@ -146,6 +156,14 @@ def apply_migrations(env: dict[str, str]) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory) -> Path:
+    """An SQLite database migrated by the release command once per session, copied for each deployment."""
+    path = tmp_path_factory.mktemp("migrated") / "clipqueue.db"
+    apply_migrations({**AWS_ENV, "DATABASE_URL": f"sqlite:///{path}", "REDIS_URL": "redis://127.0.0.1:1/0"})
+    return path
+
+
 @pytest.fixture
 def service_factory(tmp_path: Path, redis_url: str, request):
     """Build a deployment: ``service_factory(db="sqlite"|"postgres", storage="local"|"s3", **env)``."""
@@ -160,9 +178,11 @@ def service_factory(tmp_path: Path, redis_url: str, request):
         if db == "postgres":
             database = postgres_database()
             databases.append(database)
-            database_url = database.__enter__()
+            database_url = migrated = database.__enter__()
         else:
-            database_url = f"sqlite:///{workdir / 'clipqueue.db'}"
+            # The release command's result, copied: a new migration run for each deployment costs seconds.
+            shutil.copyfile(request.getfixturevalue("migrated_sqlite"), workdir / "clipqueue.db")
+            database_url = migrated = f"sqlite:///{workdir / 'clipqueue.db'}"
         env = {
             **AWS_ENV,
             "REDIS_URL": redis or redis_url,
@@ -186,7 +206,8 @@ def service_factory(tmp_path: Path, redis_url: str, request):
             boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
             env.update({"S3_BUCKET": bucket, "S3_ENDPOINT_URL": s3_endpoint})
         env.update({key: str(value) for key, value in extra.items()})
-        apply_migrations(env)
+        if db == "postgres" or env["DATABASE_URL"] != migrated:
+            apply_migrations(env)
         app = create_app(env)
         service = Service(env=env, workdir=workdir, app=app, client=app.test_client())
         services.append(service)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import signal
@@ -171,3 +173,47 @@ class BeatProcess(WorkerProcess):
             sys.executable, "-m", "celery", "-A", "clipqueue.make_celery", "beat",
             "--schedule", str(self.logdir / f"{self.name}-schedule"), "--loglevel", "INFO",
         ]
+
+
+class GeneratedMedia:
+    """samplevod's generators, each distinct call encoded once per test run and copied where a test wants it.
+
+    ``root`` is shared by every xdist worker of the run: a file lock per call lets one worker encode while the
+    others wait for its result instead of running the same ffmpeg encode again. Each caller gets its own copy,
+    so a test may change the files it was given.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def hls_vod(self, out_dir: Path, **options) -> Path:
+        """``generate_hls_vod(out_dir, **options)``; returns the master playlist's path."""
+        from samplevod.vod import generate_hls_vod
+
+        made = self._made("hls_vod", options, lambda folder: generate_hls_vod(folder, **options))
+        shutil.copytree(made, out_dir, dirs_exist_ok=True)
+        return Path(out_dir) / "master.m3u8"
+
+    def progressive_mp4(self, path: Path, **options) -> Path:
+        """``generate_progressive_mp4(path, **options)``; returns ``path``."""
+        from samplevod.vod import generate_progressive_mp4
+
+        made = self._made("progressive_mp4", options,
+                          lambda folder: generate_progressive_mp4(folder / "source.mp4", **options))
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(made / "source.mp4", path)
+        return Path(path)
+
+    def _made(self, kind: str, options: dict, make) -> Path:
+        key = hashlib.sha256(repr((kind, sorted(options.items()))).encode()).hexdigest()[:16]
+        done = self.root / key
+        with open(self.root / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or if this worker dies
+            if not done.exists():
+                partial = self.root / f"{key}.partial"
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir()
+                make(partial)
+                partial.rename(done)
+        return done

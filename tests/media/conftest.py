@@ -9,7 +9,6 @@ import pytest
 from clipqueue.media.extract import ExtractOptions
 from clipqueue.media.playlist import Segment, parse_media
 from samplevod.server import serve_directory
-from samplevod.vod import generate_hls_vod, generate_progressive_mp4
 from clipqueue.urlpolicy import SourcePolicy
 
 FPS = 30
@@ -23,12 +22,12 @@ def media_segments(server, variant: str = "ts/360p") -> tuple[Segment, ...]:
 
 
 @pytest.fixture(scope="session")
-def media_root(tmp_path_factory) -> Path:
+def media_root(tmp_path_factory, generated_media) -> Path:
     """A folder holding every generated source, served by ``server``."""
     root = tmp_path_factory.mktemp("media-root")
-    generate_hls_vod(root / "ts", duration=40, muted_segments=[MUTED_SEGMENT], fps=FPS)
-    generate_hls_vod(root / "fmp4", duration=40, fmp4=True, muted_segments=[MUTED_SEGMENT], fps=FPS)
-    generate_progressive_mp4(root / "source.mp4", duration=20, fps=FPS)
+    generated_media.hls_vod(root / "ts", duration=40, muted_segments=[MUTED_SEGMENT], fps=FPS)
+    generated_media.hls_vod(root / "fmp4", duration=40, fmp4=True, muted_segments=[MUTED_SEGMENT], fps=FPS)
+    generated_media.progressive_mp4(root / "source.mp4", duration=20, fps=FPS)
     return root
 
 

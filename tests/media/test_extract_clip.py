@@ -58,12 +58,13 @@ def test_accurate_mode_shows_exactly_the_asked_frames_from_a_keyframe(fresh_serv
     assert result.method in ("smart_cut", "reencode")
 
 
-def test_audio_only_quality_gives_an_audio_clip_of_the_range(tmp_path_factory, options, tmp_path):
+def test_audio_only_quality_gives_an_audio_clip_of_the_range(tmp_path_factory, generated_media, options,
+                                                             tmp_path):
     from samplevod.server import serve_directory
-    from samplevod.vod import generate_hls_vod
 
     root = tmp_path_factory.mktemp("audio-only")
-    generate_hls_vod(root, duration=20, variants=(("240p", 426, 240, 400_000), ("audio_only", 0, 0, 160_000)))
+    generated_media.hls_vod(root, duration=20,
+                            variants=(("240p", 426, 240, 400_000), ("audio_only", 0, 0, 160_000)))
     with serve_directory(root) as server:
         result = extract_clip(ClipRequest(f"{server.url}/master.m3u8", 4.5, 12.0, quality="audio_only"), tmp_path, options)
     assert result.quality_used == "audio_only"
@@ -83,16 +84,15 @@ def test_audio_only_from_a_master_without_an_audio_rendition_drops_the_video(fre
 
 
 @pytest.fixture(scope="module")
-def discontinuous_vods(tmp_path_factory):
+def discontinuous_vods(tmp_path_factory, generated_media):
     """Two 20 s VODs stitched with #EXT-X-DISCONTINUITY (timestamps and frame numbers restart at 20 s):
     ``same.m3u8`` with the same encoding on both sides, ``resized.m3u8`` with a smaller picture after it."""
     from samplevod.server import serve_directory
-    from samplevod.vod import generate_hls_vod
 
     root = tmp_path_factory.mktemp("discontinuity")
-    generate_hls_vod(root / "a", duration=20, variants=(("360p", 640, 360, 800_000),), fps=FPS)
-    generate_hls_vod(root / "b", duration=20, variants=(("360p", 640, 360, 800_000),), fps=FPS)
-    generate_hls_vod(root / "c", duration=20, variants=(("360p", 480, 270, 600_000),), fps=FPS)
+    generated_media.hls_vod(root / "a", duration=20, variants=(("360p", 640, 360, 800_000),), fps=FPS)
+    generated_media.hls_vod(root / "b", duration=20, variants=(("360p", 640, 360, 800_000),), fps=FPS)
+    generated_media.hls_vod(root / "c", duration=20, variants=(("360p", 480, 270, 600_000),), fps=FPS)
     for name, second in (("same", "b"), ("resized", "c")):
         lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:10", "#EXT-X-PLAYLIST-TYPE:VOD"]
         lines += ["#EXTINF:10.000000,", "a/360p/0.ts", "#EXTINF:10.000000,", "a/360p/1.ts", "#EXT-X-DISCONTINUITY"]

@@ -11,7 +11,7 @@ from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.media.fetch import Fetcher
 from samplevod.frames import read_frame_ids
 from samplevod.server import serve_directory
-from samplevod.vod import append_live_segments, generate_hls_vod
+from samplevod.vod import append_live_segments
 from clipqueue.urlpolicy import SourcePolicy
 
 from .conftest import FPS, media_segments
@@ -70,10 +70,10 @@ def test_fetch_budget_stops_a_source_larger_than_allowed(fresh_server, tmp_path)
 
 
 @pytest.fixture(scope="module")
-def live_vod(tmp_path_factory):
+def live_vod(tmp_path_factory, generated_media):
     root = tmp_path_factory.mktemp("live")
-    master = generate_hls_vod(root, duration=40, variants=(("240p", 426, 240, 400_000),), live=True,
-                              live_segments=1, fps=FPS)
+    master = generated_media.hls_vod(root, duration=40, variants=(("240p", 426, 240, 400_000),), live=True,
+                                     live_segments=1, fps=FPS)
     with serve_directory(root) as server:
         yield master, server
 

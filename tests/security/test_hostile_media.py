@@ -13,7 +13,6 @@ import pytest
 from clipqueue.exceptions import ClipqueueError, ForbiddenSource, InvalidMedia, SourceUnavailable
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from samplevod.server import serve_directory
-from samplevod.vod import generate_hls_vod
 from clipqueue.urlpolicy import SourcePolicy
 
 # What must never appear in any output: the first line of /etc/passwd, and a
@@ -41,9 +40,10 @@ def secret_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def hostile_root(tmp_path_factory, secret_file) -> Path:
+def hostile_root(tmp_path_factory, secret_file, generated_media) -> Path:
     root = tmp_path_factory.mktemp("hostile")
-    generate_hls_vod(root / "hls", duration=20, segment_seconds=10, variants=(("360p", 640, 360, 800000),))
+    generated_media.hls_vod(root / "hls", duration=20, segment_seconds=10,
+                            variants=(("360p", 640, 360, 800000),))
     return root
 
 
