@@ -80,10 +80,11 @@ def test_sigkilled_worker_job_runs_again_and_is_finalized_once(service_factory, 
     clip_id = service.create_clip(vod_url=slow_vod, start_time=12.4, end_time=27.4).get_json()["clip_id"]
     assert wait_for_stage(service, clip_id)["worker"].startswith("victim@")
 
-    service.start_worker("survivor")
-    service.start_beat()
+    # Killed at once: starting other processes first let the victim finish the clip on a busy machine.
     killed_at = time.monotonic()
     victim.signal_group(signal.SIGKILL)
+    service.start_worker("survivor")
+    service.start_beat()
 
     clip = service.wait_for_clip(clip_id, timeout=300)
     recovered_in = time.monotonic() - killed_at
