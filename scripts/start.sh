@@ -41,7 +41,8 @@ if [ "${1:-}" = --print-env ]; then
 fi
 
 # --- start --------------------------------------------------------------------
-scripts/install.sh run
+# SKIP_INSTALL=1 leaves .venv as it is (the tests run this script while other tests use .venv).
+[ "${SKIP_INSTALL:-0}" = 1 ] || scripts/install.sh run
 export PATH="$PWD/.venv/bin:$PATH"
 mkdir -p "$run_dir"
 
