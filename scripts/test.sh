@@ -28,4 +28,4 @@ fi
 # Most tests wait on real services (workers, ffmpeg, sleeps until a job is ready), so they run in parallel
 # xdist workers, each with its own Redis, S3 API and VOD server. TEST_WORKERS=N changes how many; 0 runs serially.
 # Tests marked xdist_group share a worker and run one after another (loadgroup).
-exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-4}" --dist loadgroup "$@"
+exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-6}" --dist loadgroup "$@"
