@@ -102,6 +102,7 @@ class ExtractResult:
     muted_ranges: list[tuple[float, float]]
     method: str  # "smart_cut", "reencode" or "copy"
     bytes_fetched: int
+    codec: str | None = None  # the clip's video codec ("h264", "hevc", "av1"); None for audio only
     thumbnail: Path | None = None  # made when asked for and the source allowed; else make it from ``path``
 
 
