@@ -37,6 +37,18 @@ def _engine_options(database_url: str) -> dict:
     return {"pool_pre_ping": True, "pool_recycle": 1800}
 
 
+def _cooperative_postgres() -> None:
+    """Under gunicorn's gevent worker, let psycopg2 wait on PostgreSQL without blocking every greenlet."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return
+    if monkey.is_module_patched("socket"):
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
+
+
 def create_app(env: Mapping[str, str] | None = None) -> Flask:
     """Build the Flask app from the environment (or from ``env``, for tests)."""
     from clipqueue.api import bp, register_error_handlers
@@ -45,6 +57,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     from clipqueue.models import db
     from clipqueue.openapi import openapi_bp
     from clipqueue.ratelimit import init_rate_limits
+    from clipqueue.streams import clip_events  # noqa: F401 - adds the event streams to the API blueprint
 
     settings = Settings.from_env(env)
     app = Flask(__name__)
@@ -63,6 +76,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    _cooperative_postgres()
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     app.extensions["clipqueue.redis"] = redis.Redis.from_url(

@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     twitch_client_id: str = defaults.TWITCH_CLIENT_ID
     twitch_oauth_token: str = defaults.TWITCH_OAUTH_TOKEN
     twitch_supported_codecs: CommaList = defaults.TWITCH_SUPPORTED_CODECS
+    events_heartbeat_seconds: float = defaults.EVENTS_HEARTBEAT_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

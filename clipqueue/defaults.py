@@ -102,3 +102,10 @@ TWITCH_CLIENT_ID = "kimne78kx3ncx6brgo4mv6wki5h1ko"  # the web player's public c
 TWITCH_OAUTH_TOKEN = ""  # a subscriber's token, sent as "Authorization: OAuth <token>", for sub-only VODs
 # Codecs usher may offer, in the order a rendition of the asked height is chosen.
 TWITCH_SUPPORTED_CODECS = "av1,h265,h264"
+
+# Event streams (SSE and WebSocket): a comment line this often keeps idle streams open through proxies.
+EVENTS_HEARTBEAT_SECONDS = 15.0
+# Entries kept (approximately) in the stream of every clip's changes and in each clip's own stream:
+# a client that reconnects with Last-Event-ID within them misses nothing.
+EVENTS_STREAM_MAXLEN = 100_000
+CLIP_EVENTS_MAXLEN = 1_000

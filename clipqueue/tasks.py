@@ -51,9 +51,10 @@ RETRYABLE = (
     BrokerError, subprocess.TimeoutExpired,
 )
 
-# Share of the progress bar that fetching and cutting take up, and the smallest step written.
-_EXTRACT_SHARE = 0.8
-_PROGRESS_STEP = 10
+# The part of the progress bar each extraction stage fills (thumbnail 85, upload 90 and finalizing
+# 95 follow), and the smallest step written.
+_STAGE_BANDS = {"fetching": (0, 60), "cutting": (60, 80)}
+_PROGRESS_STEP = 5
 SCRATCH_PREFIX = "clip-"
 
 
@@ -201,8 +202,9 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
 
     def on_stage(stage: str, progress: int) -> None:
         check_lease()
-        # A write per fetched part would be Redis round trips the fetch threads wait on: steps of 10.
-        progress = int(progress * _EXTRACT_SHARE)
+        # A write per fetched part would be Redis round trips the fetch threads wait on: steps of 5.
+        low, high = _STAGE_BANDS.get(stage, (0, 80))
+        progress = low + (high - low) * progress // 100
         if stage != written["stage"] or progress >= written["progress"] + _PROGRESS_STEP:
             written.update(stage=stage, progress=progress)
             store.update(clip_id, stage=stage, progress=progress)
