@@ -296,13 +296,21 @@ def global_start(client: redis.Redis, last_event_id: str | None) -> list[Event]:
 
 
 def watch(hub: EventHub, client: redis.Redis, clip_id: str | None, last_event_id: str | None,
-          heartbeat: float) -> Iterator[Event | None]:
-    """Yield a watcher's events, None after ``heartbeat`` s of silence; one clip's end after its final state.
+          heartbeat: float) -> tuple[Subscription, Iterator[Event | None]]:
+    """Subscribe a watcher now; return its subscription and its events.
 
-    The watcher subscribes before it reads its start, and skips hub events
-    it already sent: nothing between the two is lost or sent twice.
+    The events are None after ``heartbeat`` s of silence; one clip's end
+    after its final state. The watcher subscribes before it reads its start
+    and skips hub events it already sent: nothing between the two is lost or
+    sent twice. Whoever holds the subscription unsubscribes it when the
+    connection ends (the events do on their own once iterated to the end or closed).
     """
     sub = hub.subscribe(clip_id)
+    return sub, _watch(hub, sub, client, clip_id, last_event_id, heartbeat)
+
+
+def _watch(hub: EventHub, sub: Subscription, client: redis.Redis, clip_id: str | None,
+           last_event_id: str | None, heartbeat: float) -> Iterator[Event | None]:
     try:
         start = clip_start(client, clip_id, last_event_id) if clip_id else global_start(client, last_event_id)
         sent = _id_key(last_event_id) if last_event_id else (0, 0)

@@ -48,19 +48,23 @@ def _watcher_start(clip_id: str | None):
                                         f"no job metadata for clip {clip_id!r} (expired)", "clip_id")
         clip_id = key
     settings = current_app.config["CLIPQUEUE"]
-    events = watch(event_hub(current_app), get_redis(), clip_id, _last_event_id(),
-                   settings.events_heartbeat_seconds)
-    return events, None
+    hub = event_hub(current_app)
+    sub, events = watch(hub, get_redis(), clip_id, _last_event_id(), settings.events_heartbeat_seconds)
+    return (hub, sub, events), None
 
 
 def _sse(events):
+    # Sent once the watcher is subscribed: a client may count on every change from here on.
     yield f"retry: {RETRY_MILLISECONDS}\n\n"
     for event in events:
         yield ": ping\n\n" if event is None else event.sse()
 
 
-def _sse_response(events) -> Response:
+def _sse_response(watcher) -> Response:
+    hub, sub, events = watcher
     response = Response(_sse(events), mimetype=EVENT_STREAM)
+    # A client gone before its first event leaves the events unstarted: unsubscribe here too.
+    response.call_on_close(lambda: hub.unsubscribe(sub))
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
     return response
@@ -79,16 +83,16 @@ STREAM_RESPONSES = {
 }, headers=(LAST_EVENT_ID_PARAMETER,))
 def clip_events(clip_id: str):
     """The job's changes as Server-Sent Events, ending after its final state (completed, failed, canceled)."""
-    events, error = _watcher_start(clip_id)
-    return error or _sse_response(events)
+    watcher, error = _watcher_start(clip_id)
+    return error or _sse_response(watcher)
 
 
 @bp.get("/events")
 @operation("watchClips", dict(STREAM_RESPONSES), headers=(LAST_EVENT_ID_PARAMETER,))
 def all_events():
     """Every clip's job changes as Server-Sent Events (each event's data has its clip_id), from now on."""
-    events, _ = _watcher_start(None)
-    return _sse_response(events)
+    watcher, _ = _watcher_start(None)
+    return _sse_response(watcher)
 
 
 # websocket=True: werkzeug routes only upgrade requests here, and answers others 400.
@@ -103,11 +107,16 @@ def clip_websocket(clip_id: str):
     """The same events as ``/events`` over a WebSocket."""
     from simple_websocket import ConnectionClosed, Server
 
-    events, error = _watcher_start(clip_id)
+    watcher, error = _watcher_start(clip_id)
     if error:
         return error
+    hub, sub, events = watcher
     settings = current_app.config["CLIPQUEUE"]
-    ws = Server.accept(request.environ, ping_interval=settings.events_heartbeat_seconds)
+    try:
+        ws = Server.accept(request.environ, ping_interval=settings.events_heartbeat_seconds)
+    except BaseException:
+        hub.unsubscribe(sub)
+        raise
     try:
         for event in events:
             if not ws.connected:
@@ -119,6 +128,7 @@ def clip_websocket(clip_id: str):
         pass
     finally:
         events.close()
+        hub.unsubscribe(sub)
     return _WebSocketDone(ws.mode)
 
 
