@@ -1,4 +1,4 @@
-"""Live job events: SSE and WebSocket clients over real HTTP against the Procfile's ``web`` (gunicorn, gevent)."""
+"""Live job events: SSE and WebSocket clients over real HTTP against the Procfile's ``web`` (gunicorn)."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def test_stream_of_every_clip_carries_each_clips_changes_and_resumes_after_last_
         assert "retry" in next(frames)  # subscribed: every change from here on reaches it
         first, second = create(base, UNFETCHED_SOURCE), create(base, UNFETCHED_SOURCE)
         store_of(service).update(second, status="running", attempts=1, stage="fetching", progress=10)
-        seen = dashboard.events(until=lambda e: e["data"]["clip_id"] == second and e["data"]["progress"] == 10)
+        seen = dashboard.events(until=lambda e: (e["data"]["clip_id"], e["data"]["progress"]) == (second, 10))
         dashboard.close()
         store_of(service).update(first, status="failed", error="gone")
 
@@ -201,7 +201,8 @@ def test_stream_of_every_clip_carries_each_clips_changes_and_resumes_after_last_
         (second, "queued"), (second, "running"), (first, "failed")]
 
 
-def test_idle_stream_sends_ping_comments_and_unknown_clips_are_404_json_before_any_stream(service, tmp_path):
+def test_idle_stream_sends_ping_comments_and_unknown_clips_are_404_json_before_any_stream(
+        service, tmp_path):
     with web(service, tmp_path) as base:
         clip_id = create(base, UNFETCHED_SOURCE)
         sse = SSE(f"{base}/api/v1/clips/{clip_id}/events")
