@@ -107,5 +107,8 @@ TWITCH_SUPPORTED_CODECS = "av1,h265,h264"
 EVENTS_HEARTBEAT_SECONDS = 15.0
 # Entries kept (approximately) in the stream of every clip's changes and in each clip's own stream:
 # a client that reconnects with Last-Event-ID within them misses nothing.
-EVENTS_STREAM_MAXLEN = 100_000
+EVENTS_STREAM_MAXLEN = 10_000
 CLIP_EVENTS_MAXLEN = 1_000
+# A finished job's own stream is kept this long (its hash, the job's TTL): long enough for a
+# watcher to come back for what it missed, short enough that a week of clips costs little memory.
+CLIP_EVENTS_FINISHED_TTL_SECONDS = 3600

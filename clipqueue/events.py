@@ -4,9 +4,9 @@ Every write of a job's metadata (:class:`clipqueue.jobs.JobStore`) runs one
 Lua script that updates the hash and appends the whole record, as it now
 is, to two Redis streams in the same step: ``clip_extraction_events`` (every
 clip's changes) and ``clip_extraction_events:{clip_id}`` (that clip's, with
-the job's TTL), under the same entry id. So an event is never lost between
-the write and its publication, and an event id (an SSE ``id:``) names the
-same moment in both streams.
+the job's TTL, cut to an hour once the job is final), under the same entry
+id. So an event is never lost between the write and its publication, and
+an event id (an SSE ``id:``) names the same moment in both streams.
 
 Why streams rather than pub/sub: a pub/sub message reaches only the
 subscribers connected at that instant, so a watcher that reconnects (a
@@ -46,18 +46,18 @@ log = logging.getLogger(__name__)
 FINAL_STATUSES = frozenset({"completed", "failed", "canceled"})
 
 # KEYS: job hash, clip stream, global stream. ARGV: ttl, replace ("1": start a fresh record),
-# clip stream maxlen, global stream maxlen, then field, value pairs.
+# clip stream maxlen, global stream maxlen, clip stream ttl once final, then field, value pairs.
 # Progress never goes down within an attempt: a lower value is kept at the higher one unless the
 # write starts an attempt (it sets ``attempts``) or queues the job again.
 _PUBLISH_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local fresh = ARGV[2] == '1'
 if fresh then redis.call('DEL', KEYS[1]) end
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   if ARGV[i] == 'attempts' or (ARGV[i] == 'status' and ARGV[i + 1] == 'queued') then fresh = true end
 end
 local fields = {}
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local value = ARGV[i + 1]
   if ARGV[i] == 'progress' and not fresh then
     local old = redis.call('HGET', KEYS[1], 'progress')
@@ -75,7 +75,12 @@ local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], id, 'job', re
 if type(added) == 'table' and added.err then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'job', record)
 end
-redis.call('EXPIRE', KEYS[2], ttl)
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'completed' or status == 'failed' or status == 'canceled' then
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+else
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
 return id
 """
 
@@ -88,8 +93,9 @@ def write_job(client: redis.Redis, clip_id: str, fields: dict[str, str], ttl_sec
 
     With ``fresh`` the earlier record is dropped first (a job queued anew).
     """
+    finished_ttl = min(ttl_seconds, defaults.CLIP_EVENTS_FINISHED_TTL_SECONDS)
     args: list[Any] = [ttl_seconds, "1" if fresh else "0", defaults.CLIP_EVENTS_MAXLEN,
-                       defaults.EVENTS_STREAM_MAXLEN]
+                       defaults.EVENTS_STREAM_MAXLEN, finished_ttl]
     for name, value in fields.items():
         args += [name, value]
     # EVALSHA, loading the script once per Redis server (again after a restart).

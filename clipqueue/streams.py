@@ -88,9 +88,12 @@ def clip_events(clip_id: str):
 
 
 @bp.get("/events")
-@operation("watchClips", dict(STREAM_RESPONSES), headers=(LAST_EVENT_ID_PARAMETER,))
+@operation("watchClips", dict(STREAM_RESPONSES), headers=(LAST_EVENT_ID_PARAMETER,), private=True)
 def all_events():
-    """Every clip's job changes as Server-Sent Events (each event's data has its clip_id), from now on."""
+    """Every clip's job changes as Server-Sent Events (each event's data has its clip_id), from now on.
+
+    It carries every clip's source URL, so with ``API_TOKENS`` set it needs the token, as dead letters do.
+    """
     watcher, _ = _watcher_start(None)
     return _sse_response(watcher)
 

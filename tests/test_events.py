@@ -225,7 +225,7 @@ def test_idle_stream_sends_ping_comments_and_unknown_clips_are_404_json_before_a
 
 
 def test_progress_never_goes_down_within_an_attempt_and_starts_again_with_the_next(redis_url):
-    store = JobStore(redis.Redis.from_url(redis_url), 3600)
+    store = JobStore(redis.Redis.from_url(redis_url), 7200)
     clip_id = str(uuid.uuid4())
     store.create(clip_id, {"vod_url": UNFETCHED_SOURCE})
     store.update(clip_id, status="running", attempts=1, stage="fetching", progress=40)
@@ -236,3 +236,15 @@ def test_progress_never_goes_down_within_an_attempt_and_starts_again_with_the_ne
     assert store.get(clip_id)["progress"] == 0
     store.update(clip_id, status="queued", progress=0)
     assert store.get(clip_id)["progress"] == 0
+
+
+def test_a_finished_jobs_event_stream_is_kept_an_hour_while_its_metadata_keeps_the_job_ttl(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    store = JobStore(client, 7 * 24 * 3600)
+    clip_id = str(uuid.uuid4())
+    store.create(clip_id, {"vod_url": UNFETCHED_SOURCE})
+    assert client.ttl(clip_events_key(clip_id)) > 3600
+    store.update(clip_id, status="completed", progress=100)
+    assert 0 < client.ttl(clip_events_key(clip_id)) <= 3600
+    assert client.ttl(f"clip_extraction_job:{clip_id}") > 3600
+    assert client.xlen(clip_events_key(clip_id)) == 2
