@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import json
 import os
 import resource
@@ -96,7 +97,7 @@ async def _sse_watch(host: str, port: int, clip_id: str, connected: asyncio.Even
 
 async def _ws_watch(host: str, port: int, clip_id: str, connected: asyncio.Event | None,
                     deadline: float) -> str | None:
-    """Watch one clip over a WebSocket (a minimal RFC 6455 client: text frames from the server)."""
+    """Watch one clip over a WebSocket (a minimal RFC 6455 client: text frames and pings from the server)."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         key = base64.b64encode(os.urandom(16)).decode()
@@ -120,6 +121,12 @@ async def _ws_watch(host: str, port: int, clip_id: str, connected: asyncio.Event
             payload = await reader.readexactly(length)
             if opcode == 0x8:
                 return status
+            if opcode == 0x9:
+                # Answer pings as every client library does: the server closes sockets that do not.
+                mask = os.urandom(4)
+                writer.write(bytes([0x8A, 0x80 | len(payload)]) + mask
+                             + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+                await writer.drain()
             if opcode == 0x1:
                 status = json.loads(payload)["data"]["status"]
                 if status in FINAL:
@@ -137,8 +144,9 @@ async def _watchers(host: str, port: int, clip_ids: list[str], count: int, all_c
         watch = _sse_watch if index % 2 == 0 else _ws_watch
         try:
             return await watch(host, port, clip_ids[index % len(clip_ids)], events[index], deadline)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
-            return None
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            stage = "after connecting" if events[index].is_set() else "connecting"
+            return f"error {watch.__name__} {stage}: {type(exc).__name__}: {exc}"[:100]
         finally:
             events[index].set()
 
@@ -199,6 +207,10 @@ def run_level(count: int, args, master: str, workdir: Path) -> dict:
         client.join(max(1, deadline - time.monotonic()) + 5)
         peak_rss = max(peak_rss, _rss_bytes(web.pid))
         latencies.sort()
+        outcomes = collections.Counter(str(status) for status in results)
+        if outcomes.get("completed", 0) < count:
+            print(f"{count} watchers, outcomes other than completed: "
+                  f"{ {k: v for k, v in outcomes.items() if k != 'completed'} }", file=sys.stderr)
         return {
             "watchers": count,
             "saw_end": sum(1 for status in results if status == "completed") / count,
@@ -216,6 +228,10 @@ def run_level(count: int, args, master: str, workdir: Path) -> dict:
             os.killpg(web.pid, signal.SIGKILL)
         log.close()
         redis_server.stop()
+        problems = [line for line in (workdir / "web.log").read_text(errors="replace").splitlines()
+                    if "Error" in line or "WARNING" in line or "CRITICAL" in line]
+        for line in problems[:20]:
+            print(f"web: {line}", file=sys.stderr)
 
 
 def _answers(url: str) -> bool:

@@ -22,6 +22,8 @@ EVENT_STREAM = "text/event-stream"
 # How soon an EventSource reconnects after the stream drops (it then sends Last-Event-ID).
 RETRY_MILLISECONDS = 3000
 
+WEBSOCKET_CLOSE_WAIT_SECONDS = 2.0
+
 LAST_EVENT_ID_PARAMETER = {
     "name": "Last-Event-ID", "in": "header", "required": False,
     "description": "Resume after this event id (the `id:` of the last event received): "
@@ -127,6 +129,9 @@ def clip_websocket(clip_id: str):
             if event is not None:
                 ws.send(event.message())
         ws.close(1000, "final state")
+        # Wait (briefly) for the client's reply to the close: a socket closed with its reply
+        # unread is reset, and a client may then lose the last messages still in its buffer.
+        ws.thread.join(WEBSOCKET_CLOSE_WAIT_SECONDS)
     except ConnectionClosed:
         pass
     finally:
