@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import redis
@@ -130,10 +131,13 @@ class Event:
     def final(self) -> bool:
         return self.job.get("status") in FINAL_STATUSES
 
+    # Cached: one event goes to many watchers, and is encoded once per process.
+    @cached_property
     def sse(self) -> str:
         """The event as Server-Sent Events frame it."""
         return f"id: {self.id}\ndata: {json.dumps(self.job, separators=(',', ':'))}\n\n"
 
+    @cached_property
     def message(self) -> str:
         """The event as one WebSocket text message."""
         return json.dumps({"id": self.id, "data": self.job}, separators=(",", ":"))

@@ -59,7 +59,7 @@ def _sse(events):
     # Sent once the watcher is subscribed: a client may count on every change from here on.
     yield f"retry: {RETRY_MILLISECONDS}\n\n"
     for event in events:
-        yield ": ping\n\n" if event is None else event.sse()
+        yield ": ping\n\n" if event is None else event.sse
 
 
 def _sse_response(watcher) -> Response:
@@ -127,7 +127,7 @@ def clip_websocket(clip_id: str):
             if not ws.connected:
                 break
             if event is not None:
-                ws.send(event.message())
+                ws.send(event.message)
         ws.close(1000, "final state")
         # Wait (briefly) for the client's reply to the close: a socket closed with its reply
         # unread is reset, and a client may then lose the last messages still in its buffer.
