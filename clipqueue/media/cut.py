@@ -38,6 +38,12 @@ from clipqueue.media.timeline import (
 )
 
 
+# A clip that cannot be spliced is re-encoded whole to H.264, whatever the source's codec: x264 is several
+# times faster than x265 for the same picture (a 60 s 1080p clip in HEVC would take minutes on a small
+# worker) and H.264 plays in every browser, where HEVC does not (Firefox, Chrome without hardware support).
+REENCODE_CODEC = "h264"
+
+
 @dataclass(frozen=True)
 class CutResult:
     """Where the clip really lies in the VOD, and how it was made."""
@@ -50,6 +56,7 @@ class CutResult:
     size_bytes: int
     method: str
     thumbnail: Path | None = None  # a JPEG of a frame of the clip, when one was asked for and made
+    codec: str | None = None  # the clip's video codec: "h264" or "hevc"; None without video
 
 
 def _audio_range(streams: Streams, low: float, high: float) -> tuple[float, float]:
@@ -58,10 +65,11 @@ def _audio_range(streams: Streams, low: float, high: float) -> tuple[float, floa
     return low - half, high - half
 
 
-def _describe(output: Path, streams: Streams, actual_start: float, actual_end: float, method: str) -> CutResult:
+def _describe(output: Path, streams: Streams, actual_start: float, actual_end: float, method: str,
+              codec: str | None = None) -> CutResult:
     width, height = streams.size or (None, None)
     return CutResult(round(actual_start, 6), round(actual_end, 6), round(actual_end - actual_start, 6),
-                     width, height, output.stat().st_size, method)
+                     width, height, output.stat().st_size, method, codec=codec)
 
 
 def cut_copy(source: LocalSource, streams: Streams, start_time: float, end_time: float,
@@ -86,8 +94,9 @@ def cut_copy(source: LocalSource, streams: Streams, start_time: float, end_time:
     select_copy(source.path, selected, **ranges)
     if while_muxing:
         while_muxing()
-    write_mp4(selected, selected if streams.audio else None, output)
-    return _describe(output, streams, timeline.vod(low), timeline.vod(high) + timeline.frame, "copy")
+    write_mp4(selected, selected if streams.audio else None, output, codec=streams.codec)
+    return _describe(output, streams, timeline.vod(low), timeline.vod(high) + timeline.frame, "copy",
+                     streams.codec)
 
 
 def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_time: float,
@@ -177,8 +186,9 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
         select_copy(source.path, audio, a=_audio_range(streams, low, high))
     if while_muxing:
         while_muxing()
-    write_mp4(concat_listing(parts, scratch), audio, output, video_is_concat=True)
-    return _describe(output, streams, timeline.vod(low), timeline.vod(high), method)
+    codec = streams.codec if method == "smart_cut" else REENCODE_CODEC
+    write_mp4(concat_listing(parts, scratch), audio, output, video_is_concat=True, codec=codec)
+    return _describe(output, streams, timeline.vod(low), timeline.vod(high), method, codec)
 
 
 def cut_audio(source: LocalSource, streams: Streams, start_time: float, end_time: float,

@@ -100,6 +100,7 @@ class ExtractResult:
     method: str  # "smart_cut", "reencode" or "copy"
     bytes_fetched: int
     thumbnail: Path | None = None  # made when asked for and the source allowed; else make it from ``path``
+    codec: str | None = None  # the clip's video codec ("h264", "hevc"); None for an audio-only clip
 
 
 def _validate(request: ClipRequest) -> None:
@@ -229,5 +230,5 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
         actual_start_time=clip.actual_start, actual_end_time=clip.actual_end,
         duration=clip.duration, width=clip.width, height=clip.height, size_bytes=clip.size_bytes,
         muted_ranges=muted_ranges(segments, clip.actual_start, clip.actual_end), method=clip.method,
-        bytes_fetched=bytes_fetched, thumbnail=clip.thumbnail,
+        bytes_fetched=bytes_fetched, thumbnail=clip.thumbnail, codec=clip.codec,
     )

@@ -68,8 +68,12 @@ def select_copies(source: Path, outputs: dict[Path, dict[str, tuple[float, float
         parameter_sets.unlink(missing_ok=True)
 
 
-def write_mp4(video: Path | None, audio: Path | None, output: Path, video_is_concat: bool = False) -> None:
-    """Write the MP4 ``output`` from a video and an audio file (the same file may hold both)."""
+def write_mp4(video: Path | None, audio: Path | None, output: Path, video_is_concat: bool = False,
+              codec: str | None = None) -> None:
+    """Write the MP4 ``output`` from a video and an audio file (the same file may hold both).
+
+    HEVC (``codec`` "hevc") is tagged ``hvc1``, as Twitch's renditions are: Apple's players refuse ``hev1``.
+    """
     args = ffmpeg_command()
     if video is not None:
         if video_is_concat:
@@ -83,6 +87,7 @@ def write_mp4(video: Path | None, audio: Path | None, output: Path, video_is_con
         args += ts_input(audio)
     args += ["-map", "0:v:0"] if video is not None else []
     args += ["-map", f"{1 if video is not None and separate_audio else 0}:a:0"] if audio is not None else []
+    args += ["-tag:v", "hvc1"] if video is not None and codec == "hevc" else []
     args += ["-c", "copy", "-movflags", MP4_FLAGS, "-use_editlist", "0", "-f", "mp4", str(output)]
     run_ffmpeg(args, what="writing the clip")
 

@@ -10,6 +10,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
+
 from clipqueue.exceptions import InvalidMedia, RangeNotInVod
 from clipqueue.media.fetch import FetchedSegment
 from clipqueue.media.h264 import parameter_sets
@@ -21,6 +23,7 @@ from clipqueue.media.timeline import build_timeline
 
 RETIME_BASE_SECONDS = 10.0  # where re-timed media starts: keeps early B-frame decode timestamps positive
 PROGRESSIVE_MARGIN_SECONDS = 2.0  # fetched past end_time so B-frames that follow it can be decoded
+TS_VIDEO_CODECS = ("h264", "hevc")  # what the joined MPEG-TS source carries and the cut handles
 ISO_BMFF_FIRST_BOXES = {b"ftyp", b"styp", b"moof", b"moov", b"sidx", b"emsg", b"prft", b"free"}
 
 
@@ -132,6 +135,7 @@ def _join_run(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource:
     if fetched[0].init_path is None:
         path = joined.replace(dest_stem.with_suffix(".ts"))
     else:
+        _check_video_codec(joined)
         # One timebase (90 kHz) for every stream keeps timestamp arithmetic exact below.
         path = dest_stem.with_suffix(".ts")
         run_ffmpeg(ffmpeg_command("-copyts", "-protocol_whitelist", "file", "-f", "mov", "-i", str(joined),
@@ -139,6 +143,20 @@ def _join_run(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource:
                    what="remuxing fMP4 segments")
         joined.unlink()
     return LocalSource(path, fetched[0].segment.start)
+
+
+def _check_video_codec(joined: Path) -> None:
+    """Refuse fMP4 video that MPEG-TS cannot carry (AV1 with FFmpeg 5.1): remuxed, it would become a data
+    stream and the clip would silently lose its picture."""
+    try:
+        with av.open(str(joined), format="mov", options={"protocol_whitelist": "file"}) as container:
+            video = next(iter(container.streams.video), None)
+            codec = video.codec_context.name if video is not None else None
+    except av.FFmpegError as exc:
+        raise InvalidMedia("cannot read the fetched fMP4 segments") from exc
+    if codec is not None and codec not in TS_VIDEO_CODECS:
+        raise InvalidMedia(f"{codec.upper()} video cannot be cut yet; choose an H.264 or HEVC rendition "
+                           "(quality of another variant)")
 
 
 def fetch_progressive_window(relay_url: str, start_time: float, end_time: float, dest_stem: Path,

@@ -1,0 +1,68 @@
+"""Clips of HEVC renditions (fMP4 like Enhanced Broadcasting's, and open-GOP MPEG-TS) and of AV1, checked from
+decoded frames: accurate mode frame-exact without edit-list pre-roll, copy mode in the source's codec."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from clipqueue.exceptions import InvalidMedia
+from clipqueue.media.extract import ClipRequest, extract_clip
+from samplevod.frames import read_frame_ids
+
+from tests.mediacheck import ffprobe
+
+from .conftest import FPS
+
+
+def _asked_frames(start: float, end: float) -> list[int]:
+    return list(range(math.ceil(start * FPS - 0.5), math.ceil(end * FPS - 0.5)))
+
+
+@pytest.mark.parametrize("path", ["hevc/master.m3u8", "hevc-open-gop/master.m3u8"])
+@pytest.mark.parametrize("start,end", [(7.3, 11.5), (12.3, 15.0)])
+def test_accurate_hevc_clip_shows_exactly_the_asked_frames_re_encoded_to_h264(fresh_server, options, tmp_path,
+                                                                             path, start, end):
+    result = extract_clip(ClipRequest(f"{fresh_server.url}/{path}", start, end), tmp_path, options)
+    shown = read_frame_ids(result.path)
+    assert shown == _asked_frames(start, end)  # open GOPs: not the leading pictures before a segment's keyframe
+    assert read_frame_ids(result.path, ignore_editlist=True) == shown  # no hidden pre-roll
+    assert result.actual_start_time == pytest.approx(start, abs=1 / FPS)
+    assert result.actual_end_time == pytest.approx(end, abs=1 / FPS)
+    assert (result.method, result.codec) == ("reencode", "h264")
+    assert [s["codec_name"] for s in ffprobe(result.path)["streams"] if s["codec_type"] == "video"] == ["h264"]
+
+
+@pytest.mark.parametrize("path", ["hevc/master.m3u8", "hevc-open-gop/master.m3u8"])
+def test_copy_hevc_clip_keeps_hevc_tagged_hvc1_from_the_keyframe_at_or_before_start(fresh_server, options, tmp_path,
+                                                                                    path):
+    result = extract_clip(ClipRequest(f"{fresh_server.url}/{path}", 7.3, 11.5, mode="copy"), tmp_path, options)
+    shown = read_frame_ids(result.path)
+    assert shown[0] == 6 * FPS  # keyframes every 2 s: the one at 6.0 s
+    assert shown == list(range(shown[0], shown[-1] + 1))
+    assert shown[-1] + 1 >= 11.5 * FPS
+    assert read_frame_ids(result.path, ignore_editlist=True) == shown
+    assert result.actual_start_time == pytest.approx(6.0)
+    assert result.actual_end_time == pytest.approx((shown[-1] + 1) / FPS)
+    assert (result.method, result.codec) == ("copy", "hevc")
+    video = [s for s in ffprobe(result.path)["streams"] if s["codec_type"] == "video"]
+    assert [(s["codec_name"], s["codec_tag_string"]) for s in video] == [("hevc", "hvc1")]
+
+
+def test_av1_fmp4_rendition_is_refused_with_a_reason_instead_of_losing_its_picture(options, tmp_path_factory,
+                                                                                 tmp_path):
+    import subprocess
+
+    from samplevod.server import serve_directory
+
+    root = tmp_path_factory.mktemp("av1")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=30:duration=4",
+                    "-c:v", "libsvtav1", "-preset", "12", "-g", "60", "-f", "hls", "-hls_time", "2",
+                    "-hls_playlist_type", "vod", "-hls_segment_type", "fmp4", "-hls_fmp4_init_filename",
+                    "init-0.mp4", "-hls_segment_filename", str(root / "%d.m4s"), str(root / "index.m3u8")],
+                   check=True, capture_output=True)
+    with serve_directory(root) as server:
+        for mode in ("accurate", "copy"):
+            with pytest.raises(InvalidMedia, match="AV1"):
+                extract_clip(ClipRequest(f"{server.url}/index.m3u8", 0.5, 2.5, mode=mode), tmp_path / mode, options)
