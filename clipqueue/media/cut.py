@@ -23,6 +23,7 @@ from clipqueue.media.h264 import (
     parameter_sets,
     rate_control,
 )
+from clipqueue.media import hevc
 from clipqueue.media.mux import concat_listing, select_copies, select_copy, write_mp4
 from clipqueue.media.packets import Streams, probe_streams
 from clipqueue.media.source import LocalSource
@@ -121,9 +122,11 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
     keys = key_indices(streams, timeline)
     inner = next((k for k in keys if first <= k <= last), None)
     encoder = None
-    if source.uniform and streams.codec == "h264" and inner is not None and splices_cleanly(streams, timeline, inner):
+    if source.uniform and streams.codec in ("h264", "hevc") and inner is not None \
+            and splices_cleanly(streams, timeline, inner):
         headers = file_headers or headers_at_key(source.path, streams, timeline.pts[inner], scratch)
-        encoder = matching_encoder(headers, streams, timeline)
+        encoder = (matching_encoder(headers, streams, timeline) if streams.codec == "h264"
+                   else hevc.matching_encoder(headers, streams))
     rate = rate_control(streams, source.path, timeline)
     parts: list[tuple[Path, float]] = []
     method = "smart_cut"
@@ -155,7 +158,8 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
         # Room for every job at once: an early encode's job only waits for it.
         with ThreadPoolExecutor(max_workers=3) as pool:
             # The copied keyframes' own headers are read while copying: each must match the encodes'.
-            body_headers = pool.submit(select_copies, source.path, selections, headers_in=body_range)
+            body_headers = pool.submit(select_copies, source.path, selections, headers_in=body_range,
+                                       codec=streams.codec)
             encodes = []
             if first < inner:
                 encodes.append(pool.submit(encode_matching, first, inner - 1, head))
@@ -164,9 +168,8 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
             copied = body_headers.result()
             matching = all([job.result() for job in encodes])
         # Every header the copied packets carry must be the encodes'; carrying none, the splice is unchecked: re-encode.
-        copied_sets = parameter_set_list(copied)
-        matching = matching and bool(copied_sets) and all(
-            nal == (headers.sps if kind == "sps" else headers.pps) for kind, nal in copied_sets)
+        copied_sets = parameter_set_list(copied, streams.codec)
+        matching = matching and bool(copied_sets) and all(nal == getattr(headers, kind) for kind, nal in copied_sets)
         if first < inner:
             parts.append((head, timeline.pts[inner] - timeline.pts[first]))
         parts.append((body, body_end - timeline.pts[inner]))

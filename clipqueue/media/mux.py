@@ -36,12 +36,12 @@ def select_copy(source: Path, out: Path, **ranges: tuple[float, float]) -> None:
 
 
 def select_copies(source: Path, outputs: dict[Path, dict[str, tuple[float, float]]],
-                  headers_in: tuple[float, float] | None = None) -> bytes:
+                  headers_in: tuple[float, float] | None = None, codec: str = "h264") -> bytes:
     """:func:`select_copy` into several files in one read of ``source``: ``{out: {"v": (low, high), ...}}``.
 
     With ``headers_in=(low, high)``, also return every H.264 SPS and PPS NAL
-    unit of the video packets in that range (an Annex B byte stream), copied
-    out in the same pass; else b"".
+    unit (HEVC VPS, SPS and PPS with ``codec`` "hevc") of the video packets in
+    that range (an Annex B byte stream), copied out in the same pass; else b"".
     """
     def keep(low: float, high: float) -> str:
         return f"noise=drop='not(between(pts*tb\\,{low:.6f}\\,{high:.6f}))'"
@@ -57,10 +57,11 @@ def select_copies(source: Path, outputs: dict[Path, dict[str, tuple[float, float
     if headers_in is None:
         run_ffmpeg(args, what="selecting packets")
         return b""
-    # Only the parameter sets (NAL types 7 and 8) pass: a raw H.264 file of a few hundred bytes.
-    parameter_sets = next(iter(outputs)).with_suffix(".parameter-sets.h264")
-    args += ["-map", "0:v:0", "-c", "copy", "-bsf:v", f"{keep(*headers_in)},filter_units=pass_types=7|8",
-             "-f", "h264", str(parameter_sets)]
+    # Only the parameter sets (NAL types 7 and 8; HEVC's 32 to 34) pass: a raw file of a few hundred bytes.
+    types, raw = ("32|33|34", "hevc") if codec == "hevc" else ("7|8", "h264")
+    parameter_sets = next(iter(outputs)).with_suffix(f".parameter-sets.{raw}")
+    args += ["-map", "0:v:0", "-c", "copy", "-bsf:v", f"{keep(*headers_in)},filter_units=pass_types={types}",
+             "-f", raw, str(parameter_sets)]
     run_ffmpeg(args, what="selecting packets")
     try:
         return parameter_sets.read_bytes()

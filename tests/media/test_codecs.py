@@ -11,7 +11,7 @@ from clipqueue.exceptions import InvalidMedia
 from clipqueue.media.extract import ClipRequest, extract_clip
 from samplevod.frames import read_frame_ids
 
-from tests.mediacheck import ffprobe
+from tests.mediacheck import assert_playable_mp4, ffprobe
 
 from .conftest import FPS
 
@@ -20,18 +20,39 @@ def _asked_frames(start: float, end: float) -> list[int]:
     return list(range(math.ceil(start * FPS - 0.5), math.ceil(end * FPS - 0.5)))
 
 
-@pytest.mark.parametrize("path", ["hevc/master.m3u8", "hevc-open-gop/master.m3u8"])
-@pytest.mark.parametrize("start,end", [(7.3, 11.5), (12.3, 15.0)])
-def test_accurate_hevc_clip_shows_exactly_the_asked_frames_re_encoded_to_h264(fresh_server, options, tmp_path,
-                                                                             path, start, end):
-    result = extract_clip(ClipRequest(f"{fresh_server.url}/{path}", start, end), tmp_path, options)
+def _video_codecs(path) -> list[tuple[str, str]]:
+    return [(s["codec_name"], s["codec_tag_string"]) for s in ffprobe(path)["streams"] if s["codec_type"] == "video"]
+
+
+def _assert_frame_exact(result, start: float, end: float) -> None:
     shown = read_frame_ids(result.path)
-    assert shown == _asked_frames(start, end)  # open GOPs: not the leading pictures before a segment's keyframe
+    assert shown == _asked_frames(start, end)  # open GOPs: not the leading pictures before a keyframe
     assert read_frame_ids(result.path, ignore_editlist=True) == shown  # no hidden pre-roll
     assert result.actual_start_time == pytest.approx(start, abs=1 / FPS)
     assert result.actual_end_time == pytest.approx(end, abs=1 / FPS)
+    assert_playable_mp4(result.path, end - start, tolerance=0.1, video_codec=result.codec)
+
+
+@pytest.mark.parametrize("start,end", [(7.3, 11.5), (12.3, 15.0)])
+def test_accurate_hevc_fmp4_clip_is_a_frame_exact_smart_cut_in_hevc(fresh_server, options, tmp_path, start, end):
+    result = extract_clip(ClipRequest(f"{fresh_server.url}/hevc/master.m3u8", start, end), tmp_path, options)
+    _assert_frame_exact(result, start, end)
+    assert (result.method, result.codec) == ("smart_cut", "hevc")  # x265 heads with the source's VPS/SPS/PPS
+    assert _video_codecs(result.path) == [("hevc", "hvc1")]
+
+
+def test_accurate_hevc_clip_without_a_keyframe_inside_is_re_encoded_to_h264(fresh_server, options, tmp_path):
+    result = extract_clip(ClipRequest(f"{fresh_server.url}/hevc/master.m3u8", 3.1, 3.9), tmp_path, options)
+    _assert_frame_exact(result, 3.1, 3.9)
     assert (result.method, result.codec) == ("reencode", "h264")
-    assert [s["codec_name"] for s in ffprobe(result.path)["streams"] if s["codec_type"] == "video"] == ["h264"]
+    assert _video_codecs(result.path) == [("h264", "avc1")]
+
+
+@pytest.mark.parametrize("start,end", [(7.3, 11.5), (12.3, 15.0)])
+def test_accurate_open_gop_hevc_clip_is_frame_exact_re_encoded_to_h264(fresh_server, options, tmp_path, start, end):
+    result = extract_clip(ClipRequest(f"{fresh_server.url}/hevc-open-gop/master.m3u8", start, end), tmp_path, options)
+    _assert_frame_exact(result, start, end)
+    assert (result.method, result.codec) == ("reencode", "h264")  # an open GOP's keyframe is no splice point
 
 
 @pytest.mark.parametrize("path", ["hevc/master.m3u8", "hevc-open-gop/master.m3u8"])
@@ -46,8 +67,7 @@ def test_copy_hevc_clip_keeps_hevc_tagged_hvc1_from_the_keyframe_at_or_before_st
     assert result.actual_start_time == pytest.approx(6.0)
     assert result.actual_end_time == pytest.approx((shown[-1] + 1) / FPS)
     assert (result.method, result.codec) == ("copy", "hevc")
-    video = [s for s in ffprobe(result.path)["streams"] if s["codec_type"] == "video"]
-    assert [(s["codec_name"], s["codec_tag_string"]) for s in video] == [("hevc", "hvc1")]
+    assert _video_codecs(result.path) == [("hevc", "hvc1")]
 
 
 def test_av1_fmp4_rendition_is_refused_with_a_reason_instead_of_losing_its_picture(options, tmp_path_factory,
