@@ -78,11 +78,16 @@ def _codec_args(variant: Variant, fps: int, gop_seconds: float, preset: str = "v
     if variant.width and codec == "hevc":
         # x265 like an Enhanced Broadcasting rendition: B-frames, fixed keyframe interval, tagged hvc1.
         gop = int(round(gop_seconds * fps))
-        params = f"bframes=4:keyint={gop}:min-keyint={gop}:scenecut=0:open-gop={int(open_gop)}:log-level=error"
+        params = (f"bframes=4:keyint={gop}:min-keyint={gop}:scenecut=0:open-gop={int(open_gop)}"
+                  ":log-level=error")
         args.update({
             "c:v": "libx265", "preset": "ultrafast", "x265-params": params, "b:v": variant.bandwidth,
             "maxrate": variant.bandwidth, "bufsize": variant.bandwidth * 2, "tag:v": "hvc1", "r": fps,
         })
+    elif variant.width and codec == "av1":
+        # SVT-AV1's fastest preset: a few seconds for a short small rendition.
+        gop = int(round(gop_seconds * fps))
+        args.update({"c:v": "libsvtav1", "preset": 12, "g": gop, "b:v": variant.bandwidth, "r": fps})
     elif variant.width:
         gop = int(round(gop_seconds * fps))
         args.update({
@@ -110,7 +115,7 @@ def _write_master(out_dir: Path, variants: list[Variant], fmp4: bool, codec: str
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{6 if fmp4 else 3}"]
     for v in variants:
         lines.append(f'#EXT-X-MEDIA:TYPE=VIDEO,GROUP-ID="{v.name}",NAME="{v.name}",AUTOSELECT=YES,DEFAULT=YES')
-        video_codec = "hvc1.1.6.L93.B0" if codec == "hevc" else "avc1.64001F"
+        video_codec = {"hevc": "hvc1.1.6.L93.B0", "av1": "av01.0.04M.08"}.get(codec, "avc1.64001F")
         codecs = "mp4a.40.2" if not v.width else f"{video_codec},mp4a.40.2"
         resolution = f",RESOLUTION={v.width}x{v.height}" if v.width else ""
         lines.append(f'#EXT-X-STREAM-INF:BANDWIDTH={v.bandwidth}{resolution},CODECS="{codecs}",VIDEO="{v.name}"')
@@ -180,8 +185,9 @@ def generate_hls_vod(
     holding the first ``live_segments`` segments; publish more with
     :func:`append_live_segments`. ``preset`` is x264's (B-frames stay on with any but ultrafast).
     ``codec`` "hevc" encodes with x265 (4 B-frames, ultrafast), closed GOPs as hardware encoders
-    make unless ``open_gop``. (FFmpeg 5.1's fMP4 muxer writes a wrong composition time for an open
-    GOP's keyframe at each fragment start: use ``open_gop`` with MPEG-TS segments.)
+    make unless ``open_gop``; "av1" with SVT-AV1 (use ``fmp4``: MPEG-TS cannot carry it).
+    (FFmpeg 5.1's fMP4 muxer writes a wrong composition time for an open GOP's keyframe at
+    each fragment start: use ``open_gop`` with MPEG-TS segments.)
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -199,8 +205,8 @@ def generate_hls_vod(
         }
         if fmp4:
             hls_args.update({"hls_segment_type": "fmp4", "hls_fmp4_init_filename": "init-0.mp4"})
-        _encode(playlist, variant, duration, fps, gop_seconds, audio, preset=preset, codec=codec, open_gop=open_gop,
-                **hls_args)
+        _encode(playlist, variant, duration, fps, gop_seconds, audio, preset=preset, codec=codec,
+                open_gop=open_gop, **hls_args)
         _rename_muted(variant_dir, playlist, muted, ext)
         if live:
             playlist.replace(variant_dir / FULL_PLAYLIST_NAME)

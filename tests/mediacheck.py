@@ -20,8 +20,10 @@ def stream(info: dict, kind: str) -> dict | None:
     return next((s for s in info["streams"] if s["codec_type"] == kind), None)
 
 
-def assert_playable_mp4(path: Path, expected_duration: float, tolerance: float, video_codec: str = "h264") -> dict:
-    """An MP4 with H.264 (or ``video_codec``) video and AAC audio, of about the expected length, that decodes fully."""
+def assert_playable_mp4(path: Path, expected_duration: float, tolerance: float,
+                        video_codec: str = "h264") -> dict:
+    """An MP4 with H.264 (or ``video_codec``) video and AAC audio, of about the expected length, that decodes
+    fully."""
     info = ffprobe(path)
     assert "mp4" in info["format"]["format_name"]
     video, audio = stream(info, "video"), stream(info, "audio")

@@ -24,8 +24,18 @@ from clipqueue.media.h264 import (
     rate_control,
 )
 from clipqueue.media import hevc
-from clipqueue.media.mux import concat_listing, select_copies, select_copy, write_mp4
+from clipqueue.media.mux import (
+    MP4_FLAGS,
+    concat_listing,
+    ffmpeg_command,
+    keep_between,
+    select_copies,
+    select_copy,
+    ts_input,
+    write_mp4,
+)
 from clipqueue.media.packets import Streams, probe_streams
+from clipqueue.media.process import run_ffmpeg
 from clipqueue.media.source import LocalSource
 from clipqueue.media.thumbnail import thumbnail_from_source
 from clipqueue.media.timeline import (
@@ -169,7 +179,8 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
             matching = all([job.result() for job in encodes])
         # Every header the copied packets carry must be the encodes'; carrying none, the splice is unchecked: re-encode.
         copied_sets = parameter_set_list(copied, streams.codec)
-        matching = matching and bool(copied_sets) and all(nal == getattr(headers, kind) for kind, nal in copied_sets)
+        matching = matching and bool(copied_sets) and all(
+            nal == getattr(headers, kind) for kind, nal in copied_sets)
         if first < inner:
             parts.append((head, timeline.pts[inner] - timeline.pts[first]))
         parts.append((body, body_end - timeline.pts[inner]))
@@ -207,6 +218,42 @@ def cut_audio(source: LocalSource, streams: Streams, start_time: float, end_time
     select_copy(source.path, audio, a=(low, high))
     write_mp4(None, audio, output)
     return _describe(output, streams, timeline.vod(min(chosen)), timeline.vod(max(chosen)) + streams.audio_frame, "copy")
+
+
+def cut_from_mp4(source: LocalSource, streams: Streams, start_time: float, end_time: float, mode: str,
+                 output: Path) -> CutResult:
+    """Cut a source kept as MP4 (AV1, which MPEG-TS cannot carry) in one FFmpeg run.
+
+    "copy" copies from the keyframe at or before the start; "accurate"
+    re-encodes exactly the range's frames to H.264 (an AV1 splice would need
+    an encoder reproducing the source's sequence header). The audio packets
+    nearest the range are copied; timestamps move so the first frame is at 0.
+    """
+    timeline = build_timeline(streams, source)
+    first, last = select_frames(timeline, start_time, end_time)
+    if mode == "copy":
+        at_or_before = [k for k in key_indices(streams, timeline) if k <= first]
+        if not at_or_before:
+            raise InvalidMedia("the fetched media has no keyframe at or before the clip's start")
+        first, last = at_or_before[-1], closed_end(streams, timeline, at_or_before[-1], last)
+    low, high = timeline.pts[first], timeline.pts[last]
+    args = ffmpeg_command("-copyts", *ts_input(source.path), "-map", "0:v:0")
+    if mode == "copy":
+        args += ["-c:v", "copy", "-bsf:v", keep_between(low - 1e-4, high + 1e-4)]
+        method, codec = "copy", streams.codec
+    else:
+        half = timeline.frame / 2
+        args += ["-vf", f"select='between(pts*TB\\,{low - half:.6f}\\,{high + half:.6f})'",
+                 "-fps_mode", "passthrough", "-c:v", "libx264", "-preset", "veryfast",
+                 *rate_control(streams, source.path, timeline)]
+        method, codec = "reencode", REENCODE_CODEC
+    if streams.audio:
+        audio = _audio_range(streams, low, high + timeline.frame)
+        args += ["-map", "0:a:0", "-c:a", "copy", "-bsf:a", keep_between(*audio)]
+    args += ["-output_ts_offset", f"{-low:.6f}", "-movflags", MP4_FLAGS, "-use_editlist", "0",
+             "-f", "mp4", str(output)]
+    run_ffmpeg(args, what="cutting the clip")
+    return _describe(output, streams, timeline.vod(low), timeline.vod(high) + timeline.frame, method, codec)
 
 
 @dataclass(frozen=True)
@@ -254,6 +301,8 @@ def cut_clip(source: LocalSource, start_time: float, end_time: float, mode: str,
         streams = replace(streams, video=[], codec=None, size=None)  # as if the source had no video
     if not streams.video:
         return cut_audio(source, streams, start_time, end_time, output, scratch)
+    if source.path.suffix == ".mp4":
+        return cut_from_mp4(source, streams, start_time, end_time, mode, output)
     with ThreadPoolExecutor(max_workers=1) as pool:
         picture: list[Future] = []
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 
 from clipqueue.media.mux import copy_packet
-from clipqueue.media.packets import Streams
+from clipqueue.media.packets import Streams, demuxer
 from clipqueue.media.timeline import Timeline, gop_shape
 
 SPS_TYPE = 7
@@ -83,11 +83,11 @@ def parameter_sets(path: Path, at: float | None = None) -> ParameterSets:
     packet carries none. Demuxed in this process through PyAV: cheaper than starting an ffmpeg.
     """
     try:
-        with av.open(str(path), format="mpegts", options={"protocol_whitelist": "file"}) as container:
+        with av.open(str(path), format=demuxer(path), options={"protocol_whitelist": "file"}) as container:
             if not container.streams.video:
                 return ParameterSets()
             video = container.streams.video[0]
-            codec = video.codec_context.name
+            codec = video.codec_context.codec.canonical_name
             base = video.time_base
             for packet in container.demux(video):
                 if packet.pts is None:

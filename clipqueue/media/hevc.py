@@ -14,12 +14,7 @@ from clipqueue.media.packets import Streams
 from clipqueue.media.timeline import gop_shape
 
 HEVC_PROFILE_MAIN = 1
-_LEVEL_BYTE = 14  # general_level_idc: after the NAL header (2), ids and flags (1), profile space to flags (11)
-
-
-def level_idc(sps: bytes) -> int | None:
-    """``general_level_idc`` of an SPS NAL unit (emulation prevention removed), or None if it is too short."""
-    return sps[_LEVEL_BYTE] if len(sps) > _LEVEL_BYTE else None
+_PROFILE_BYTE = 3  # general_profile_idc's byte: after the NAL header (2) and the ids and flags (1)
 
 
 def matching_encoder(headers: ParameterSets, streams: Streams) -> list[str] | None:
@@ -29,12 +24,13 @@ def matching_encoder(headers: ParameterSets, streams: Streams) -> list[str] | No
     The B-frame count and keyframe interval are measured from the packets;
     the chroma sample location stays unspecified, as an encoder fed raw frames writes it.
     """
-    if not (headers.vps and headers.sps and headers.pps) or len(headers.sps) <= _LEVEL_BYTE:
+    if not (headers.vps and headers.sps and headers.pps) or len(headers.sps) <= _PROFILE_BYTE:
         return None
-    if headers.sps[3] & 0x1F != HEVC_PROFILE_MAIN:  # general_profile_idc
+    if headers.sps[_PROFILE_BYTE] & 0x1F != HEVC_PROFILE_MAIN:
         return None
     interval, bframes = gop_shape(streams)
     params = {"bframes": bframes, "keyint": interval, "min-keyint": interval, "scenecut": 0, "open-gop": 0,
               "log-level": "error"}
-    return ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params", ":".join(f"{k}={v}" for k, v in params.items()),
+    return ["-c:v", "libx265", "-preset", "ultrafast",
+            "-x265-params", ":".join(f"{k}={v}" for k, v in params.items()),
             "-chroma_sample_location", "unspecified"]

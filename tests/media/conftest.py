@@ -36,6 +36,8 @@ def media_root(tmp_path_factory) -> Path:
                      codec="hevc", fps=FPS)
     generate_hls_vod(root / "hevc-open-gop", duration=24, segment_seconds=6, variants=hevc_variants,
                      codec="hevc", open_gop=True, fps=FPS)
+    generate_hls_vod(root / "av1", duration=24, segment_seconds=6, variants=hevc_variants, fmp4=True,
+                     codec="av1", fps=FPS)
     return root
 
 
