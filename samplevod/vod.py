@@ -73,7 +73,7 @@ def _sources(variant: Variant, duration: float, fps: int, audio: bool, frame_off
 
 
 def _codec_args(variant: Variant, fps: int, gop_seconds: float, preset: str = "veryfast", codec: str = "h264",
-                open_gop: bool = False) -> dict:
+                open_gop: bool = False, x265_preset: str = "ultrafast") -> dict:
     args: dict = {}
     if variant.width and codec == "hevc":
         # x265 like an Enhanced Broadcasting rendition: B-frames, fixed keyframe interval, tagged hvc1.
@@ -81,7 +81,7 @@ def _codec_args(variant: Variant, fps: int, gop_seconds: float, preset: str = "v
         params = (f"bframes=4:keyint={gop}:min-keyint={gop}:scenecut=0:open-gop={int(open_gop)}"
                   ":log-level=error")
         args.update({
-            "c:v": "libx265", "preset": "ultrafast", "x265-params": params, "b:v": variant.bandwidth,
+            "c:v": "libx265", "preset": x265_preset, "x265-params": params, "b:v": variant.bandwidth,
             "maxrate": variant.bandwidth, "bufsize": variant.bandwidth * 2, "tag:v": "hvc1", "r": fps,
         })
     elif variant.width and codec == "av1":
@@ -101,10 +101,10 @@ def _codec_args(variant: Variant, fps: int, gop_seconds: float, preset: str = "v
 
 def _encode(output: Path, variant: Variant, duration: float, fps: int, gop_seconds: float,
             audio: bool, frame_offset: int = 0, grain: int = 0, preset: str = "veryfast", codec: str = "h264",
-            open_gop: bool = False, **output_args) -> None:
+            open_gop: bool = False, x265_preset: str = "ultrafast", **output_args) -> None:
     video, sound = _sources(variant, duration, fps, audio, frame_offset, grain)
     streams = [s for s in (video, sound) if s is not None]
-    args = _codec_args(variant, fps, gop_seconds, preset, codec, open_gop)
+    args = _codec_args(variant, fps, gop_seconds, preset, codec, open_gop, x265_preset)
     if sound is None:
         args.pop("c:a"), args.pop("b:a"), args.pop("ac")
     args.update(output_args)
@@ -176,6 +176,7 @@ def generate_hls_vod(
     preset: str = "veryfast",
     codec: str = "h264",
     open_gop: bool = False,
+    x265_preset: str = "ultrafast",
 ) -> Path:
     """Write an HLS VOD (``master.m3u8`` + ``<variant>/index.m3u8``) and return the master path.
 
@@ -184,8 +185,8 @@ def generate_hls_vod(
     With ``live`` each media playlist is an EVENT playlist without ENDLIST
     holding the first ``live_segments`` segments; publish more with
     :func:`append_live_segments`. ``preset`` is x264's (B-frames stay on with any but ultrafast).
-    ``codec`` "hevc" encodes with x265 (4 B-frames, ultrafast), closed GOPs as hardware encoders
-    make unless ``open_gop``; "av1" with SVT-AV1 (use ``fmp4``: MPEG-TS cannot carry it).
+    ``codec`` "hevc" encodes with x265 (4 B-frames, ``x265_preset``), closed GOPs as hardware
+    encoders make unless ``open_gop``; "av1" with SVT-AV1 (use ``fmp4``: MPEG-TS cannot carry it).
     (FFmpeg 5.1's fMP4 muxer writes a wrong composition time for an open GOP's keyframe at
     each fragment start: use ``open_gop`` with MPEG-TS segments.)
     """
@@ -206,7 +207,7 @@ def generate_hls_vod(
         if fmp4:
             hls_args.update({"hls_segment_type": "fmp4", "hls_fmp4_init_filename": "init-0.mp4"})
         _encode(playlist, variant, duration, fps, gop_seconds, audio, preset=preset, codec=codec,
-                open_gop=open_gop, **hls_args)
+                open_gop=open_gop, x265_preset=x265_preset, **hls_args)
         _rename_muted(variant_dir, playlist, muted, ext)
         if live:
             playlist.replace(variant_dir / FULL_PLAYLIST_NAME)

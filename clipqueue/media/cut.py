@@ -147,6 +147,13 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
         copy_end = max((p for p in closed_points(streams, timeline, inner) if p <= last), default=None)
         if copy_end is None:
             encoder = None
+    if encoder is not None and streams.codec == "hevc":
+        # x265 reproduces only headers an x265 like it wrote (not a hardware encoder's): one frame, the
+        # keyframe the copy starts with, tells before a GOP's worth of frames is encoded for nothing.
+        probe = scratch / "hevc-probe.ts"
+        if encode_frames(source, streams, timeline, inner, inner, encoder, probe) != headers:
+            encoder = None
+        probe.unlink(missing_ok=True)
     if encoder is not None:
         # Head, body, tail and audio are independent: produce them side by side.
         head, body, tail = scratch / "head.ts", scratch / "body.ts", scratch / "tail.ts"

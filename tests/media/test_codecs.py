@@ -111,3 +111,18 @@ def test_fmp4_rendition_in_a_codec_the_cut_cannot_handle_is_refused_with_its_nam
         # not remuxed into a data stream, which would make a clip without picture
         with pytest.raises(InvalidMedia, match="VP9"):
             extract_clip(ClipRequest(f"{server.url}/index.m3u8", 0.5, 2.5), tmp_path, options)
+
+
+def test_hevc_whose_headers_x265_ultrafast_cannot_reproduce_is_re_encoded_whole(options, tmp_path_factory,
+                                                                                tmp_path):
+    from samplevod.server import serve_directory
+    from samplevod.vod import generate_hls_vod
+
+    root = tmp_path_factory.mktemp("hevc-other-headers")
+    # x265's "fast" preset writes other parameter sets (CTU size, AMP, ...) than the cut's ultrafast encodes
+    generate_hls_vod(root, duration=8, segment_seconds=4, variants=(("144p", 256, 144, 150_000),), fmp4=True,
+                     codec="hevc", x265_preset="fast", fps=FPS)
+    with serve_directory(root) as server:
+        result = extract_clip(ClipRequest(f"{server.url}/master.m3u8", 1.3, 4.5), tmp_path, options)
+    _assert_frame_exact(result, 1.3, 4.5)
+    assert (result.method, result.codec) == ("reencode", "h264")
