@@ -42,7 +42,7 @@ class Behaviour:
     fail_first: dict[str, int] = field(default_factory=dict)  # path -> answer fail_status this many times
     fail_status: int = 503
     not_found: set[str] = field(default_factory=set)
-    forbidden: set[str] = field(default_factory=set)  # answered 403, as Twitch does for missing "-unmuted" ones
+    forbidden: set[str] = field(default_factory=set)  # answered 403, as Twitch does for gone "-unmuted" ones
     stall: dict[str, float] = field(default_factory=dict)  # path -> seconds to hang after the headers
     ranges: bool = True  # honour Range requests
 

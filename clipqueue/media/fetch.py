@@ -87,7 +87,7 @@ class Fetcher:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._bytes = 0
-        self._unmuted_refused = False  # once an "-unmuted" segment is refused, "-muted" twins are fetched directly
+        self._unmuted_refused = False  # once an "-unmuted" segment is refused, "-muted" twins are fetched
         self._session = checked_session(pool_maxsize=self.concurrency + 2)
 
     @property
@@ -308,7 +308,7 @@ class Fetcher:
                 part_done(index)
 
             def first_request(index: int, download: Callable[[str], object]) -> None:
-                # The muted twin answers for a refused "-unmuted" segment; later ones go to their twin directly.
+                # A refused "-unmuted" segment is fetched as its muted twin; later ones go to theirs at once.
                 segment = segments[index]
                 if segment.muted_url and self._unmuted_refused:
                     urls[index] = segment.muted_url
@@ -321,13 +321,15 @@ class Fetcher:
                     urls[index] = segment.muted_url
                     self._with_retries(lambda: download(urls[index]))
                 if urls[index] != segment.url:
-                    results[index] = replace(results[index], segment=replace(segment, url=urls[index], muted=True))
+                    fetched_as = replace(segment, url=urls[index], muted=True)
+                    results[index] = replace(results[index], segment=fetched_as)
 
             def fetch_whole(index: int) -> None:
                 segment, path = segments[index], results[index].path
                 if segment.byterange:
                     offset, length = segment.byterange
-                    first_request(index, lambda url: self._download_range(url, path, 0, offset, offset + length - 1))
+                    last = offset + length - 1
+                    first_request(index, lambda url: self._download_range(url, path, 0, offset, last))
                 elif split:
                     # The first part's headers tell the size: the rest is spread over idle
                     # connections while this one still reads (once, whatever the retries).
@@ -340,7 +342,8 @@ class Fetcher:
                             fetch_rest(index, size, first_size)
                         leading_sized(index)
 
-                    first_request(index, lambda url: self._download_range(url, path, 0, 0, first_size - 1, schedule_rest))
+                    first_request(index, lambda url: self._download_range(url, path, 0, 0, first_size - 1,
+                                                                          schedule_rest))
                 else:
                     first_request(index, lambda url: self._download_range(url, path, 0, None, None))
                 leading_sized(index)

@@ -162,3 +162,18 @@ def test_muted_twin_missing_too_fails_with_the_twins_error(tmp_path):
         with Fetcher(POLICY, concurrency=1, retries=0, timeout=5, max_bytes=10**9) as fetcher:
             with pytest.raises(SourceNotFound, match="1-muted.ts"):
                 fetcher.fetch_segments(segments, tmp_path / "out")
+
+
+def test_single_file_fmp4_fetches_its_init_section_and_segment_by_their_byte_ranges(tmp_path):
+    root = tmp_path / "vod"
+    root.mkdir()
+    data = os.urandom(5000)
+    (root / "main.mp4").write_bytes(data)
+    text = ('#EXTM3U\n#EXT-X-TARGETDURATION:6\n#EXT-X-MAP:URI="main.mp4",BYTERANGE="718@0"\n'
+            "#EXTINF:6.006,\n#EXT-X-BYTERANGE:3000@718\nmain.mp4\n#EXT-X-ENDLIST\n")
+    with serve_directory(root) as server:
+        segments = list(parse_media(text, f"{server.url}/index.m3u8").segments)
+        with Fetcher(POLICY, concurrency=2, retries=0, timeout=5, max_bytes=10**9) as fetcher:
+            fetched = fetcher.fetch_segments(segments, tmp_path / "out")
+    assert fetched[0].init_path.read_bytes() == data[:718]
+    assert fetched[0].path.read_bytes() == data[718:3718]
