@@ -325,6 +325,16 @@ def parse_media(text: str, url: str) -> MediaPlaylist:
         if key is not None and (key.method or "NONE").upper() != "NONE":
             # Segments would be cut as ciphertext: a broken clip, not a clip.
             raise InvalidMedia(f"encrypted VODs are not supported (EXT-X-KEY METHOD={key.method})")
+    try:
+        segments, ads = _timeline(playlist, items)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a tag the library half-read
+        raise InvalidMedia(f"cannot read the media playlist {url}: {exc.__class__.__name__}: {exc}") from exc
+    ended = bool(playlist.is_endlist) or (playlist.playlist_type or "").lower() == "vod"
+    return MediaPlaylist(url, tuple(segments), ended, float(playlist.target_duration or 0), ads)
+
+
+def _timeline(playlist: m3u8.M3U8, items: list[m3u8.Segment]) -> tuple[list[Segment], int]:
+    """The segments placed end to end, stitched ads left out; and how many ads were."""
     windows = _ad_windows(playlist)
     segments: list[Segment] = []
     start = 0.0
@@ -359,8 +369,7 @@ def parse_media(text: str, url: str) -> MediaPlaylist:
         previous_init = init
         after_ad = False
         start += duration
-    ended = bool(playlist.is_endlist) or (playlist.playlist_type or "").lower() == "vod"
-    return MediaPlaylist(url, tuple(segments), ended, float(playlist.target_duration or 0), ads)
+    return segments, ads
 
 
 def select_segments(playlist: MediaPlaylist, start_time: float, end_time: float) -> list[Segment]:

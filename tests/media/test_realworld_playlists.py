@@ -275,3 +275,18 @@ def test_usher_v2_typo_uri_is_kept_as_listed():
     assert (chosen.name, chosen.url, chosen.height) == ("480p", "https://mocked/480p,m3u8", 480)
     source = choose_rendition(renditions, "source")
     assert (source.is_source, source.url) == (True, "https://mocked/1080p60.m3u8")
+
+
+def test_real_world_playlists_cut_at_any_line_parse_or_are_refused_as_invalid_media():
+    # A live playlist can be read mid-write: every prefix must parse or be refused, never crash.
+    outcomes = {"parsed": 0, "refused": 0}
+    for name in FILES:
+        lines = (PLAYLISTS / name).read_text().splitlines(keepends=True)
+        for cut in range(1, len(lines) + 1, max(1, len(lines) // 15)):
+            text = "".join(lines[:cut])
+            try:
+                parse_master(text, BASE) if is_master_playlist(text) else parse_media(text, BASE)
+                outcomes["parsed"] += 1
+            except InvalidMedia:
+                outcomes["refused"] += 1
+    assert outcomes["parsed"] > 300 and outcomes["refused"] > 20, outcomes
