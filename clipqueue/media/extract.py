@@ -206,6 +206,7 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
                     on_progress=lambda done, total: stage("fetching", min(99, 100 * done // max(1, total))),
                     on_segment=pipeline.segment_fetched, first=pipeline.first,
                 )
+                segments = [item.segment for item in fetched]  # as fetched: "-unmuted" may have come muted
                 source = join_segments(fetched, scratch / "source")
                 prepared = pipeline.prepared(source)
             else:
