@@ -27,6 +27,7 @@ from clipqueue.media.playlist import (
     QUALITIES,
     MediaPlaylist,
     choose_rendition,
+    cuttable_codecs,
     is_master_playlist,
     looks_like_playlist,
     muted_ranges,
@@ -189,7 +190,8 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
                 text, url = twitch or get_playlist(fetcher, url, options)
                 quality_used = None  # a media playlist names no rendition: reported from the clip below
                 if is_master_playlist(text):
-                    rendition = choose_rendition(parse_master(text, url), request.quality)
+                    rendition = choose_rendition(parse_master(text, url), request.quality,
+                                                 cuttable_codecs(options.twitch.supported_codecs))
                     quality_used = rendition.name
                     text, url = get_playlist(fetcher, rendition.url, options)
                 playlist = wait_for_range(fetcher, parse_media(text, url), request.end_time, options)
