@@ -93,3 +93,12 @@ SOURCE_MAX_REDIRECTS = 5
 # The API checks a new clip's source host with one DNS lookup, bounded so a slow
 # resolver cannot hold a web worker; past it the worker checks the host again.
 API_DNS_TIMEOUT_SECONDS = 2.0
+
+# Twitch links (https://www.twitch.tv/videos/<id>, https://www.twitch.tv/<channel>) are resolved as
+# Twitch's web player does: a playback token from GQL, then the master playlist from usher.
+TWITCH_GQL_URL = "https://gql.twitch.tv/gql"
+TWITCH_USHER_URL = "https://usher.ttvnw.net"
+TWITCH_CLIENT_ID = "kimne78kx3ncx6brgo4mv6wki5h1ko"  # the web player's public client id
+TWITCH_OAUTH_TOKEN = ""  # a subscriber's token, sent as "Authorization: OAuth <token>", for sub-only VODs
+# Codecs usher may offer, in the order a rendition of the asked height is chosen.
+TWITCH_SUPPORTED_CODECS = "av1,h265,h264"

@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import boto3
+
 
 def ffprobe(path: Path) -> dict:
     result = subprocess.run(
@@ -45,3 +47,19 @@ def assert_jpeg(path: Path) -> dict:
     assert image is not None and image["codec_name"] == "mjpeg"
     assert int(image["width"]) > 0 and int(image["height"]) > 0
     return image
+
+
+def fetch_stored(service, url: str, destination: Path) -> Path:
+    """Read a stored object back the way a viewer would: from local storage via web, or from S3."""
+    if service.env.get("S3_BUCKET"):
+        key = url.split(f"/{service.env['S3_BUCKET']}/", 1)[1]
+        boto3.client("s3", endpoint_url=service.env["S3_ENDPOINT_URL"]).download_file(
+            service.env["S3_BUCKET"], key, str(destination)
+        )
+    else:
+        path = url.removeprefix(service.env["PUBLIC_BASE_URL"])
+        response = service.client.get(path)
+        assert response.status_code == 200, (url, response.status_code)
+        destination.write_bytes(response.data)
+        response.close()
+    return destination
