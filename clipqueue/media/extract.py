@@ -105,7 +105,6 @@ class ExtractResult:
     bytes_fetched: int
     codec: str | None = None  # the clip's video codec ("h264", "hevc", "av1"); None for audio only
     thumbnail: Path | None = None  # made when asked for and the source allowed; else make it from ``path``
-    codec: str | None = None  # the clip's video codec ("h264", "hevc"); None for an audio-only clip
 
 
 def _validate(request: ClipRequest) -> None:
