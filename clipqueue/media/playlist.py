@@ -24,10 +24,10 @@ from clipqueue.exceptions import InvalidMedia, RangeNotInVod
 QUALITIES = ("source", "1080p", "720p", "480p", "360p", "160p", "audio_only", "auto")
 AUTO_QUALITY_HEIGHT = 720  # "auto": the best rendition at or below 720p, what most viewers watch
 # Codec preference when one height is offered in several codecs (Twitch Enhanced Broadcasting): the order of
-# the TWITCH_SUPPORTED_CODECS default. CUTTABLE_CODECS is what the cut can handle today; add "av1" once AV1
-# sources are cut (AV1 does not fit the MPEG-TS join).
+# the TWITCH_SUPPORTED_CODECS default. CUTTABLE_CODECS is what the cut can handle (AV1 from fMP4 only, cut
+# from the fMP4 itself: see clipqueue.media.source).
 CODEC_PREFERENCE = tuple(defaults.TWITCH_SUPPORTED_CODECS.split(","))
-CUTTABLE_CODECS = frozenset({"h264", "h265"})
+CUTTABLE_CODECS = frozenset({"h264", "h265", "av1"})
 _HEIGHT_IN_NAME = re.compile(r"(\d{3,4})p(\d{2,3})?")
 _ATTRIBUTE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
 _MUTED = re.compile(r"-muted\.\w+$")  # Twitch names muted segments "<n>-muted.ts"
