@@ -18,16 +18,14 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import m3u8
 
-from clipqueue import defaults
 from clipqueue.exceptions import InvalidMedia, RangeNotInVod
 
 QUALITIES = ("source", "1080p", "720p", "480p", "360p", "160p", "audio_only", "auto")
 AUTO_QUALITY_HEIGHT = 720  # "auto": the best rendition at or below 720p, what most viewers watch
-# Codec preference when one height is offered in several codecs (Twitch Enhanced Broadcasting): the order of
-# the TWITCH_SUPPORTED_CODECS default. CUTTABLE_CODECS is what the cut can handle (AV1 from fMP4 only, cut
-# from the fMP4 itself: see clipqueue.media.source).
-CODEC_PREFERENCE = tuple(defaults.TWITCH_SUPPORTED_CODECS.split(","))
-CUTTABLE_CODECS = frozenset({"h264", "h265", "av1"})
+# When one height is offered in several codecs (Twitch Enhanced Broadcasting), the codec a clip is cut from
+# most faithfully comes first: H.264 is smart-cut keeping the broadcast's own pictures, HEVC only when x265
+# reproduces the source's parameter sets (else it is re-encoded), AV1 is always re-encoded in accurate mode.
+CUT_PREFERENCE = ("h264", "h265", "av1")
 _HEIGHT_IN_NAME = re.compile(r"(\d{3,4})p(\d{2,3})?")
 _ATTRIBUTE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
 _MUTED = re.compile(r"-muted\.\w+$")  # Twitch names muted segments "<n>-muted.ts"
@@ -44,9 +42,9 @@ _MIXED = "the playlist mixes a master playlist's variants with media segments (#
 _Window = tuple[datetime, "datetime | None"]  # a stitched ad's wall-clock span; None: open-ended
 
 
-def cuttable_codecs(preference: Sequence[str] = CODEC_PREFERENCE) -> tuple[str, ...]:
-    """``preference`` (e.g. the TWITCH_SUPPORTED_CODECS setting) without the codecs the cut cannot handle."""
-    return tuple(codec for codec in preference if codec in CUTTABLE_CODECS)
+def cuttable_codecs(offered: Sequence[str] = CUT_PREFERENCE) -> tuple[str, ...]:
+    """The codecs of ``offered`` (e.g. the TWITCH_SUPPORTED_CODECS setting) that the cut handles, best first."""
+    return tuple(codec for codec in CUT_PREFERENCE if codec in offered)
 
 
 @dataclass(frozen=True)

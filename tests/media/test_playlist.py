@@ -6,8 +6,7 @@ import pytest
 
 from clipqueue.exceptions import InvalidMedia, RangeNotInVod
 from clipqueue.media.playlist import (
-    CODEC_PREFERENCE,
-    CUTTABLE_CODECS,
+    CUT_PREFERENCE,
     choose_rendition,
     cuttable_codecs,
     muted_ranges,
@@ -158,10 +157,12 @@ def test_rendition_of_one_height_is_chosen_by_frame_rate_then_codec_preference(e
     assert f"/{expected_url}" in choose_rendition(enhanced, quality, codecs).url
 
 
-def test_default_codec_preference_is_the_twitch_setting_order_filtered_to_cuttable_codecs(enhanced):
-    assert CODEC_PREFERENCE == ("av1", "h265", "h264")
-    assert cuttable_codecs() == tuple(c for c in CODEC_PREFERENCE if c in CUTTABLE_CODECS)
-    assert choose_rendition(enhanced, "1080p").codec == cuttable_codecs()[0]
+def test_by_default_the_codec_cut_most_faithfully_is_chosen_among_those_offered(enhanced):
+    # H.264 is smart-cut from the broadcast's own pictures; HEVC only sometimes; AV1 is re-encoded.
+    assert cuttable_codecs(("av1", "h265", "h264")) == CUT_PREFERENCE == ("h264", "h265", "av1")
+    assert cuttable_codecs(("av1", "h265")) == ("h265", "av1")
+    assert cuttable_codecs(("vp9",)) == ()
+    assert choose_rendition(enhanced, "1080p").codec == "h264"
 
 
 def test_master_offering_no_codec_that_can_be_cut_is_refused_with_the_codecs_named(enhanced):
