@@ -15,7 +15,8 @@ SQLite, local storage, a small sample VOD on a loopback server):
    ``--deadline``); the share that saw ``completed`` is reported.
 
 The web processes' memory is the peak sum of their RSS (gunicorn's master and
-workers, read from /proc) while the watchers are connected. Rate limits are
+workers, read from /proc) while the watchers are connected; their Redis
+connections are counted (``INFO clients``) once all watchers are connected. Rate limits are
 off: every watcher comes from one address. The watchers are asyncio clients
 in this process, one socket each; the open-file limit is raised to fit.
 """
@@ -38,6 +39,7 @@ import threading
 import time
 from pathlib import Path
 
+import redis
 import requests
 
 from tests.services import REPO, RedisServer, WorkerProcess, free_port, wait_until
@@ -198,6 +200,8 @@ def run_level(count: int, args, master: str, workdir: Path) -> dict:
         client.start()
         connected.wait(args.deadline)
         peak_rss = _rss_bytes(web.pid)
+        # Every client of this private Redis now is the web processes' (no worker runs yet).
+        redis_clients = redis.Redis.from_url(env["REDIS_URL"]).info("clients")["connected_clients"] - 1
         worker = WorkerProcess(env, f"bench{count}", workdir, concurrency=2).start()
         latencies = []
         for i in range(args.creates):
@@ -217,6 +221,7 @@ def run_level(count: int, args, master: str, workdir: Path) -> dict:
             "create_p50": statistics.median(latencies),
             "create_p95": latencies[max(0, int(len(latencies) * 0.95) - 1)],
             "web_rss_mb": peak_rss / 2**20,
+            "redis_clients": redis_clients,
         }
     finally:
         if worker is not None:
@@ -276,11 +281,11 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             server.stop()
     print(f"| watchers | saw the end | create p50 | create p95 | web RSS (gunicorn, "
-          f"{args.web_concurrency} workers) |")
-    print("|---:|---:|---:|---:|---:|")
+          f"{args.web_concurrency} workers) | web's Redis connections |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {row['watchers']} | {row['saw_end']:.1%} | {row['create_p50'] * 1000:.0f} ms | "
-              f"{row['create_p95'] * 1000:.0f} ms | {row['web_rss_mb']:.0f} MB |")
+              f"{row['create_p95'] * 1000:.0f} ms | {row['web_rss_mb']:.0f} MB | {row['redis_clients']} |")
 
 
 if __name__ == "__main__":
