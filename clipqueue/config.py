@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     rate_limit_reads: str = defaults.RATE_LIMIT_READS
     allowed_private_networks: CommaList = defaults.ALLOWED_PRIVATE_NETWORKS
     source_max_redirects: int = defaults.SOURCE_MAX_REDIRECTS
+    worker_heartbeat_dir: str = defaults.WORKER_HEARTBEAT_DIR
+    worker_heartbeat_seconds: float = defaults.WORKER_HEARTBEAT_SECONDS
+    worker_heartbeat_max_age_seconds: float = defaults.WORKER_HEARTBEAT_MAX_AGE_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

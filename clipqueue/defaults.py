@@ -93,3 +93,12 @@ SOURCE_MAX_REDIRECTS = 5
 # The API checks a new clip's source host with one DNS lookup, bounded so a slow
 # resolver cannot hold a web worker; past it the worker checks the host again.
 API_DNS_TIMEOUT_SECONDS = 2.0
+
+# Readiness (GET /readyz): each check of Redis and the database gets at most this long.
+PROBE_TIMEOUT_SECONDS = 2.0
+# Worker liveness: each Celery worker touches a file in WORKER_HEARTBEAT_DIR (empty:
+# {temp}/clipqueue-worker-heartbeats) every WORKER_HEARTBEAT_SECONDS from its event loop;
+# `clipqueue worker-health` fails when one is older than WORKER_HEARTBEAT_MAX_AGE_SECONDS.
+WORKER_HEARTBEAT_DIR = ""
+WORKER_HEARTBEAT_SECONDS = 5.0
+WORKER_HEARTBEAT_MAX_AGE_SECONDS = 30.0
