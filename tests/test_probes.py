@@ -50,7 +50,8 @@ def test_readyz_names_the_database_when_postgresql_is_unreachable(service_factor
     from clipqueue import create_app
 
     service = service_factory()
-    app = create_app({**service.env, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"})
+    unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"  # nothing listens there
+    app = create_app({**service.env, "DATABASE_URL": unreachable})
     status, body, took = _probe(app)
     assert (status, body["down"]) == (503, ["database"]), body
     assert body["checks"]["redis"] == {"status": "ok"}
