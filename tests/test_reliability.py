@@ -272,8 +272,19 @@ def _start_clips(service, url: str, count: int) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("appendonly", [True, False], ids=["aof", "no-persistence"])
-def test_redis_restart_with_jobs_queued_and_running_loses_none(service_factory, vod_dir, tmp_path, appendonly):
+def _lose_redis_state(private: RedisServer, how: str) -> None:
+    if how == "flushall":
+        redis.Redis.from_url(private.url(0)).flushall()
+        return
+    private.stop()
+    time.sleep(1)
+    private.start()
+
+
+@pytest.mark.parametrize("appendonly, how", [(True, "restart"), (False, "restart"), (False, "flushall")],
+                         ids=["aof-restart", "empty-restart", "flushall"])
+def test_redis_losing_its_state_with_jobs_queued_and_running_loses_none(service_factory, vod_dir, tmp_path,
+                                                                        appendonly, how):
     private = RedisServer(tmp_path / "redis", appendonly=appendonly)
     private.start()
     server = serve_directory(vod_dir, connection_bandwidth=400_000)
@@ -286,15 +297,22 @@ def test_redis_restart_with_jobs_queued_and_running_loses_none(service_factory, 
         clip_ids = _start_clips(service, slow_vod, 4)
         wait_for_stage(service, clip_ids[0])
 
-        private.stop()
-        time.sleep(1)
-        private.start()
+        lost_at = time.monotonic()
+        _lose_redis_state(private, how)
+        # Every job is accounted for again: metadata back in Redis (queued again, or written by its worker).
+        wait_until(lambda: all(service.job(c).get("status") for c in clip_ids), 60, interval=0.2,
+                   what="every job to be known to Redis again")
+        known_again = time.monotonic() - lost_at
 
         clips = [service.wait_for_clip(clip_id, timeout=180) for clip_id in clip_ids]
+        all_ready = time.monotonic() - lost_at
+        print(f"\nredis {how} (appendonly={appendonly}): jobs known again after {known_again:.1f} s, "
+              f"all {len(clip_ids)} clips ready {all_ready:.1f} s after the loss")
         assert [clip["status"] for clip in clips] == ["ready"] * 4, clips
         expected = sorted(f"clips/{c}.{ext}" for c in clip_ids for ext in ("jpg", "mp4"))
         assert stored_keys(service) == expected
         assert [uploads(service, clip_id) for clip_id in clip_ids] == [1] * 4
+        assert known_again < 30
     finally:
         private.stop()
         server.stop()
@@ -530,17 +548,24 @@ def test_backlog_older_than_the_processing_deadline_waits_and_is_not_failed(serv
     assert clip_row(service, clip_id).deliveries == 1
 
 
-def test_queued_job_whose_message_was_lost_is_queued_again(service_factory, master_url):
-    service = service_factory(PROCESSING_DEADLINE_SECONDS="2", **FAST_RECOVERY)
-    clip_id = service.create_clip(vod_url=master_url, start_time=1, end_time=4).get_json()["clip_id"]
+def test_queued_jobs_whose_messages_were_lost_are_queued_again_long_before_the_deadline(service_factory,
+                                                                                       master_url):
+    # The default PROCESSING_DEADLINE_SECONDS (an hour): the loss is found by looking, not by waiting.
+    service = service_factory(**FAST_RECOVERY)
+    clip_ids = _start_clips(service, master_url, 3)
     client = redis.Redis.from_url(service.env["REDIS_URL"])
-    client.delete("clip_extraction_jobs")  # lost, as with Redis' AOF fsync'ed every second
-    service.start_worker()
+    assert client.delete("clip_extraction_jobs") == 1  # lost, as with Redis' AOF fsync'ed every second
+    lost_at = time.monotonic()
+    service.start_worker("maintenance", queues="clipqueue_control")
     service.start_beat()
 
-    clip = service.wait_for_clip(clip_id, timeout=60)
-    assert clip["status"] == "ready", clip
-    assert "message lost" in service.job(clip_id)["requeue_reason"]
+    wait_until(lambda: client.llen("clip_extraction_jobs") == 3, 30, interval=0.2, what="the jobs to be re-queued")
+    print(f"\nlost queue messages re-queued {time.monotonic() - lost_at:.1f} s after the loss")
+    service.start_worker("jobs", queues="clip_extraction_jobs")
+    for clip_id in clip_ids:
+        assert service.wait_for_clip(clip_id, timeout=60)["status"] == "ready"
+        assert "message lost" in service.job(clip_id)["requeue_reason"]
+        assert clip_row(service, clip_id).deliveries == 1
 
 
 def test_replaying_a_dead_letter_older_than_the_deadline_is_not_failed_again(service_factory, vod_dir):
