@@ -25,7 +25,7 @@ from typing import Any, TypedDict
 import redis
 import sqlalchemy as sa
 from celery import Celery
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from flask import current_app
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -77,6 +77,8 @@ def describe_error(exc: BaseException) -> str:
     """A readable reason for the clip record and the dead-letter queue."""
     if isinstance(exc, SoftTimeLimitExceeded):
         return "job exceeded its time limit"
+    if isinstance(exc, TimeLimitExceeded):
+        return f"job exceeded its time limit (killed at the hard limit, {exc})"
     if isinstance(exc, ClipqueueError):
         return str(exc)
     if isinstance(exc, sa.exc.OperationalError):
@@ -88,7 +90,7 @@ def describe_error(exc: BaseException) -> str:
 
 def failure_code(exc: BaseException) -> str:
     """The short reason metrics count failed clips by."""
-    if isinstance(exc, SoftTimeLimitExceeded):
+    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
         return "time_limit"
     if isinstance(exc, ClipqueueError):
         return exc.code

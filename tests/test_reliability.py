@@ -502,6 +502,24 @@ def test_soft_time_limit_fails_the_job_and_leaves_no_ffmpeg_or_files(service_fac
         server.stop()
 
 
+def test_job_killed_at_its_hard_time_limit_fails_with_time_limit_not_worker_lost(service_factory, vod_dir):
+    server = serve_directory(vod_dir, connection_bandwidth=40_000)
+    try:
+        # No soft limit: the hard limit kills the pool process, as it does a job stuck where no signal reaches.
+        service = service_factory(JOB_SOFT_TIME_LIMIT_SECONDS="0", JOB_HARD_TIME_LIMIT_SECONDS="4",
+                                  **FAST_RECOVERY)
+        service.start_worker()
+        clip_id = service.create_clip(vod_url=f"{server.url}/hls/master.m3u8", start_time=5,
+                                      end_time=25).get_json()["clip_id"]
+        clip = service.wait_for_clip(clip_id, timeout=60)
+        assert clip["status"] == "failed" and "time limit" in clip["error"], clip
+        assert clip_row(service, clip_id).failure_code == "time_limit"
+        assert clip_row(service, clip_id).deliveries == 1  # not run again as if its worker were lost
+        assert "Hard time limit (4" in service.worker_logs()
+    finally:
+        server.stop()
+
+
 def _pool_children(worker) -> list[int]:
     import subprocess
 
@@ -612,6 +630,30 @@ def test_janitor_that_finds_another_running_does_nothing(service_factory, master
     with service.app.app_context():
         assert janitor() == {"requeued_worker_lost": 1}
     assert client.llen("clip_extraction_jobs") == 1 and clip_row(service, clip_id).redeliveries == 1
+
+
+def test_janitor_tells_a_job_killed_at_its_time_limit_from_a_lost_worker(service_factory, master_url):
+    from datetime import datetime, timedelta, timezone
+
+    service = service_factory(JOB_HARD_TIME_LIMIT_SECONDS="4", JOB_SOFT_TIME_LIMIT_SECONDS="0", **FAST_RECOVERY)
+    killed, lost = (service.create_clip(vod_url=master_url, start_time=1, end_time=4).get_json()["clip_id"]
+                    for _ in range(2))
+    client = redis.Redis.from_url(service.env["REDIS_URL"])
+    now = datetime.now(timezone.utc)
+
+    def ago(seconds: float) -> str:
+        return (now - timedelta(seconds=seconds)).isoformat()
+
+    # Both ran and lost their lease; the one whose heartbeat went on until its hard limit was killed by it.
+    for clip_id, last_beat in ((killed, ago(6.5)), (lost, ago(9.5))):
+        client.hset(f"clip_extraction_job:{clip_id}", mapping={"status": "running", "started_at": ago(10),
+                                                               "updated_at": ago(10), "heartbeat_at": last_beat})
+    janitor = service.app.extensions["celery"].tasks["clipqueue.janitor"]
+    with service.app.app_context():
+        assert janitor() == {"failed_time_limit": 1, "requeued_worker_lost": 1}
+    assert service.clip(killed)["status"] == "failed" and "time limit" in service.clip(killed)["error"]
+    assert clip_row(service, killed).failure_code == "time_limit"
+    assert service.clip(lost)["status"] == "processing" and clip_row(service, lost).redeliveries == 1
 
 
 def test_periodic_maintenance_expires_instead_of_piling_up(service_factory):
