@@ -505,7 +505,7 @@ def test_soft_time_limit_fails_the_job_and_leaves_no_ffmpeg_or_files(service_fac
 def test_job_killed_at_its_hard_time_limit_fails_with_time_limit_not_worker_lost(service_factory, vod_dir):
     server = serve_directory(vod_dir, connection_bandwidth=40_000)
     try:
-        # No soft limit: the hard limit kills the pool process, as it does a job stuck where no signal reaches.
+        # No soft limit: the hard limit kills the pool process, as when a job is stuck where no signal reaches.
         service = service_factory(JOB_SOFT_TIME_LIMIT_SECONDS="0", JOB_HARD_TIME_LIMIT_SECONDS="4",
                                   **FAST_RECOVERY)
         service.start_worker()
@@ -635,7 +635,8 @@ def test_janitor_that_finds_another_running_does_nothing(service_factory, master
 def test_janitor_tells_a_job_killed_at_its_time_limit_from_a_lost_worker(service_factory, master_url):
     from datetime import datetime, timedelta, timezone
 
-    service = service_factory(JOB_HARD_TIME_LIMIT_SECONDS="4", JOB_SOFT_TIME_LIMIT_SECONDS="0", **FAST_RECOVERY)
+    service = service_factory(JOB_HARD_TIME_LIMIT_SECONDS="4", JOB_SOFT_TIME_LIMIT_SECONDS="0",
+                              **FAST_RECOVERY)
     killed, lost = (service.create_clip(vod_url=master_url, start_time=1, end_time=4).get_json()["clip_id"]
                     for _ in range(2))
     client = redis.Redis.from_url(service.env["REDIS_URL"])
@@ -646,8 +647,8 @@ def test_janitor_tells_a_job_killed_at_its_time_limit_from_a_lost_worker(service
 
     # Both ran and lost their lease; the one whose heartbeat went on until its hard limit was killed by it.
     for clip_id, last_beat in ((killed, ago(6.5)), (lost, ago(9.5))):
-        client.hset(f"clip_extraction_job:{clip_id}", mapping={"status": "running", "started_at": ago(10),
-                                                               "updated_at": ago(10), "heartbeat_at": last_beat})
+        client.hset(f"clip_extraction_job:{clip_id}", mapping={
+            "status": "running", "started_at": ago(10), "updated_at": ago(10), "heartbeat_at": last_beat})
     janitor = service.app.extensions["celery"].tasks["clipqueue.janitor"]
     with service.app.app_context():
         assert janitor() == {"failed_time_limit": 1, "requeued_worker_lost": 1}
