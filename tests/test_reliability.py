@@ -505,7 +505,7 @@ def test_soft_time_limit_fails_the_job_and_leaves_no_ffmpeg_or_files(service_fac
 def test_job_killed_at_its_hard_time_limit_fails_with_time_limit_not_worker_lost(service_factory, vod_dir):
     server = serve_directory(vod_dir, connection_bandwidth=40_000)
     try:
-        # No soft limit: the hard limit kills the pool process, as when a job is stuck where no signal reaches.
+        # No soft limit: the hard limit kills the pool process (as for a job stuck where no signal reaches).
         service = service_factory(JOB_SOFT_TIME_LIMIT_SECONDS="0", JOB_HARD_TIME_LIMIT_SECONDS="4",
                                   **FAST_RECOVERY)
         service.start_worker()
@@ -566,8 +566,9 @@ def test_backlog_older_than_the_processing_deadline_waits_and_is_not_failed(serv
     assert clip_row(service, clip_id).deliveries == 1
 
 
-def test_queued_jobs_whose_messages_were_lost_are_queued_again_long_before_the_deadline(service_factory,
-                                                                                       master_url):
+def test_queued_jobs_whose_messages_were_lost_are_queued_again_long_before_the_deadline(
+    service_factory, master_url
+):
     # The default PROCESSING_DEADLINE_SECONDS (an hour): the loss is found by looking, not by waiting.
     service = service_factory(**FAST_RECOVERY)
     clip_ids = _start_clips(service, master_url, 3)
@@ -577,7 +578,8 @@ def test_queued_jobs_whose_messages_were_lost_are_queued_again_long_before_the_d
     service.start_worker("maintenance", queues="clipqueue_control")
     service.start_beat()
 
-    wait_until(lambda: client.llen("clip_extraction_jobs") == 3, 30, interval=0.2, what="the jobs to be re-queued")
+    wait_until(lambda: client.llen("clip_extraction_jobs") == 3, 30, interval=0.2,
+               what="the jobs to be re-queued")
     print(f"\nlost queue messages re-queued {time.monotonic() - lost_at:.1f} s after the loss")
     service.start_worker("jobs", queues="clip_extraction_jobs")
     for clip_id in clip_ids:
