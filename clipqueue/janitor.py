@@ -24,7 +24,8 @@ heartbeat's interval apart (a third of a lease TTL) both found it lost: a
 message between a worker's BRPOP and its ``unacked`` entry, or a lease a
 heartbeat is about to take again after a flush, is not a loss. The rounds'
 suspects live in Redis (``clipqueue:janitor:suspects``); if Redis loses them,
-the next two rounds find them again.
+the next two rounds find them again. A round re-queues at most
+``MAX_REQUEUES`` jobs; after a storm's loss the next rounds take the rest.
 
 Searching the queue costs a pass over it (inside Redis, ids only), so it is
 done only when the count says a message may be missing: fewer messages wait
@@ -61,6 +62,9 @@ from clipqueue.queue import (
 log = logging.getLogger(__name__)
 
 PAGE = 500
+# Re-queues per round: after a storm's loss a round stays well inside the janitor's lock
+# (a re-queue is a few Redis writes and a commit); the rest are re-queued by the next rounds.
+MAX_REQUEUES = 500
 SUSPECTS_KEY = "clipqueue:janitor:suspects"
 LAST_QUEUE_SCAN_KEY = "clipqueue:janitor:last-queue-scan"
 
@@ -75,7 +79,7 @@ def _parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _processing_clips(until: datetime) -> Iterator[list[Clip]]:
+def _processing_clips(until: datetime, page_size: int) -> Iterator[list[Clip]]:
     """Every processing clip queued up to ``until``, a page at a time, by keyset (enqueued_at, id).
 
     A clip queued again during the round moves past ``until`` and is not seen twice.
@@ -86,17 +90,17 @@ def _processing_clips(until: datetime) -> Iterator[list[Clip]]:
                                   Clip.enqueued_at <= until)
         if after is not None:
             query = query.filter(sa.tuple_(Clip.enqueued_at, Clip.id) > sa.tuple_(*after))
-        page = query.order_by(Clip.enqueued_at, Clip.id).limit(PAGE).all()
+        page = query.order_by(Clip.enqueued_at, Clip.id).limit(page_size).all()
         if not page:
             return
         after = (page[-1].enqueued_at, page[-1].id)
         yield page
         db.session.expunge_all()
-        if len(page) < PAGE:
+        if len(page) < page_size:
             return
 
 
-def run_janitor() -> Counter:
+def run_janitor(page_size: int = PAGE, max_requeues: int = MAX_REQUEUES) -> Counter:
     """Repair what needs it; return a tally of what was done."""
     settings: Settings = current_app.config["CLIPQUEUE"]
     now = utcnow()
@@ -107,7 +111,7 @@ def run_janitor() -> Counter:
     unheld: set[str] = set()  # queued or retrying jobs that no lease holds
     quiet: set[str] = set()  # ... of which those that have not moved for a lease TTL
 
-    for page in _processing_clips(now):
+    for page in _processing_clips(now, page_size):
         pipe = client.pipeline(transaction=False)
         for clip in page:
             pipe.hgetall(job_key(str(clip.id)))
@@ -142,7 +146,7 @@ def run_janitor() -> Counter:
                     quiet.add(clip_id)
 
     suspects.update(dict.fromkeys(_lost_messages(settings, unheld, quiet), LOST_MESSAGE))
-    _requeue_confirmed(settings, suspects, tally)
+    _requeue_confirmed(settings, suspects, max_requeues, tally)
     if deadletter.rebuild_mirror():
         tally["dead_letter_mirror_rebuilt"] += 1
     if tally:
@@ -167,8 +171,9 @@ def _lost_messages(settings: Settings, unheld: set[str], quiet: set[str]) -> set
     return quiet - waiting_clip_ids()
 
 
-def _requeue_confirmed(settings: Settings, suspects: dict[str, str], tally: Counter) -> None:
-    """Queue again the suspects an earlier round found lost too; remember this round's for the next."""
+def _requeue_confirmed(settings: Settings, suspects: dict[str, str], max_requeues: int,
+                       tally: Counter) -> None:
+    """Queue again (at most ``max_requeues``) the suspects an earlier round found lost too; keep the rest."""
     client = get_redis()
     now = time.time()
     # Longer than a lease heartbeat's interval: a holder alive after a flush has taken its lease again.
@@ -180,7 +185,10 @@ def _requeue_confirmed(settings: Settings, suspects: dict[str, str], tally: Coun
         pipe.hset(SUSPECTS_KEY, mapping={clip_id: earlier.get(clip_id, now) for clip_id in suspects})
         pipe.expire(SUSPECTS_KEY, int(max(3600, 10 * settings.janitor_interval_seconds)))
     pipe.execute()
+    requeued = 0
     for clip_id, why in suspects.items():
+        if requeued >= max_requeues:
+            break
         if now - earlier.get(clip_id, now) < confirm:
             continue
         clip = clips.get(clip_id)
@@ -190,6 +198,7 @@ def _requeue_confirmed(settings: Settings, suspects: dict[str, str], tally: Coun
         if client.exists(lease_key(clip_id)):
             continue
         requeue_job(clip, why)
+        requeued += 1
         client.hdel(SUSPECTS_KEY, clip_id)
         tally["requeued_lost_metadata" if why == LOST_METADATA else "requeued_lost_message"] += 1
 
