@@ -49,6 +49,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     from clipqueue.models import db
     from clipqueue.openapi import openapi_bp
     from clipqueue.probes import probe_redis_client, probes_bp
+    from clipqueue.publicurl import Publisher, web_base_url
     from clipqueue.ratelimit import init_rate_limits
 
     settings = Settings.from_env(env)
@@ -80,6 +81,8 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(openapi_bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(probes_bp)
+    # Workers link local storage under web's address unless PUBLIC_BASE_URL tells them (clipqueue.publicurl).
+    app.before_request(Publisher(app.extensions["clipqueue.redis"], web_base_url(settings)))
     init_rate_limits(app, settings)
     register_error_handlers(app)
 

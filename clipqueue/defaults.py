@@ -14,7 +14,8 @@ REDIS_SOCKET_TIMEOUT = 5.0
 DATABASE_URL = "sqlite:///clipqueue.db"
 
 STORAGE_LOCAL_DIR = "media"
-PUBLIC_BASE_URL = "http://localhost:8000"
+# Empty: web's http://localhost:$PORT, which web publishes for workers (clipqueue.publicurl).
+PUBLIC_BASE_URL = ""
 SCRATCH_DIR = ""  # empty: the system temporary folder
 
 # S3 storage instead of the local folder when S3_BUCKET is set; S3_ENDPOINT_URL

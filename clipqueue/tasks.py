@@ -41,6 +41,7 @@ from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.media.thumbnail import make_thumbnail
 from clipqueue.models import STATUS_PROCESSING, db
 from clipqueue.queue import FINALIZE_TASK, JANITOR_TASK, PROCESS_TASK, SWEEP_OUTBOX_TASK, sweep_outbox
+from clipqueue.publicurl import links_base_url
 from clipqueue.storage import object_key, storage_from_settings
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
             thumbnail = _fallback_thumbnail(jlog, result, workdir)
         check_lease()
         store.update(clip_id, stage="uploading", progress=90)
-        storage = storage_from_settings(settings)
+        storage = storage_from_settings(settings, links_base_url(settings, get_redis()))
         with ThreadPoolExecutor(max_workers=1) as pool:
             thumbnail_upload = pool.submit(storage.put_file, thumbnail, object_key(clip_id, ".jpg")) if thumbnail else None
             video_url = storage.put_file(result.path, object_key(clip_id, ".mp4"))

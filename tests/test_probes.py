@@ -101,3 +101,36 @@ def test_worker_health_is_0_for_a_live_worker_and_1_once_it_is_gone(service_fact
     gone = wait_until(lambda: (result := _worker_health(probe_env)).returncode != 0 and result, 10,
                       interval=0.5, what="worker-health to notice the killed worker")
     assert gone.returncode == 1 and "STALE" in gone.stderr
+
+
+def test_links_follow_webs_port_without_public_base_url(service_factory, master_url):
+    import requests
+
+    from tests.test_scripts import procfile_process
+
+    service = service_factory(PUBLIC_BASE_URL="")
+    port = free_port()
+    # As honcho runs them: web on its $PORT, the worker with a PORT of its own.
+    web_env = {**service.env, "PORT": str(port), "WEB_ADDRESS": "127.0.0.1", "WEB_CONCURRENCY": "1"}
+    with procfile_process("web", web_env, service.workdir / "web.log"):
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 60, what="web to listen")
+        service.start_worker("links", PORT=str(port + 100))
+        created = requests.post(f"http://127.0.0.1:{port}/api/v1/clips", timeout=10,
+                                json={"vod_url": master_url, "start_time": 1, "end_time": 4})
+        clip_url = f"http://127.0.0.1:{port}/api/v1/clips/{created.json()['clip_id']}"
+        # Read through web alone: this test's in-process app is a web on another port (none).
+        clip = wait_until(lambda: (c := requests.get(clip_url, timeout=5).json())["status"] != "processing"
+                          and c, 120, interval=0.3, what="the clip to finish")
+        assert clip["status"] == "ready", clip
+        assert clip["video_url"].startswith(f"http://localhost:{port}/media/clips/"), clip["video_url"]
+        served = requests.get(clip["video_url"].replace("localhost", "127.0.0.1"), timeout=10)
+        assert served.status_code == 200 and served.content[4:8] == b"ftyp"
+
+
+def _answers(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
