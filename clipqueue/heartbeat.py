@@ -6,6 +6,13 @@ cleanly. ``clipqueue worker-health`` (a container's liveness probe) reads the
 files' ages and exits 0 when every one is fresh, 1 when one is stale or none
 exists: it costs a directory listing, not an app start.
 
+The same beat keeps ``clipqueue:worker-alive:{nodename}`` in Redis (expiring
+after ``WORKER_HEARTBEAT_MAX_AGE_SECONDS``), and a worker that receives a clip
+job writes its name into the job's metadata (``held_by``). A job message a
+dead worker held unacknowledged (reserved, or waiting for a retry's
+countdown) would otherwise wait for the visibility timeout; the janitor sees
+its holder is gone and queues it again.
+
 The heartbeat proves the worker's main process lives (not killed, not frozen);
 it deliberately keeps beating while Redis is down, so a broker outage does not
 get every worker restarted and its running jobs killed: the worker reconnects
@@ -22,7 +29,11 @@ import threading
 import time
 from pathlib import Path
 
+import redis
 from celery import bootsteps
+from celery.signals import task_received
+
+from clipqueue.keys import job_key, worker_alive_key
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +82,18 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
         self.path: Path | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._redis: redis.Redis | None = None
+        self._alive_key = ""
+        self._alive_seconds = 0
 
     def start(self, worker) -> None:
         settings = worker.app.flask_app.config["CLIPQUEUE"]
         folder = heartbeat_dir(settings.worker_heartbeat_dir)
         self.path = heartbeat_path(folder, worker.hostname)
         interval = settings.worker_heartbeat_seconds
+        self._redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+        self._alive_key = worker_alive_key(worker.hostname)
+        self._alive_seconds = max(1, int(settings.worker_heartbeat_max_age_seconds))
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._touch()
@@ -90,6 +107,10 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
     def _touch(self) -> None:
         self.path.touch()
         os.utime(self.path)
+        try:
+            self._redis.set(self._alive_key, "1", ex=self._alive_seconds)
+        except redis.RedisError as exc:
+            log.debug("worker presence not written to Redis: %s", exc)
 
     def _run(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -106,5 +127,40 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
                 self.path.unlink()
             except OSError:
                 pass
+            try:
+                self._redis.delete(self._alive_key)
+            except redis.RedisError:
+                pass
 
     shutdown = stop
+
+
+# Write ``held_by`` only into metadata that exists: a partial record would hide a lost one.
+_HELD_BY = """
+if redis.call('exists', KEYS[1]) == 1 then
+  redis.call('hset', KEYS[1], 'held_by', ARGV[1])
+end
+"""
+
+
+@task_received.connect
+def _note_holder(sender=None, request=None, **_kwargs) -> None:
+    """A worker took a clip job's message: name it in the job's metadata (see the module's text)."""
+    from clipqueue.queue import PROCESS_TASK
+
+    flask_app = getattr(getattr(sender, "app", None), "flask_app", None)
+    if request is None or request.name != PROCESS_TASK or flask_app is None:
+        return
+    clip_id = (request.kwargs or {}).get("clip_id")
+    if not clip_id:
+        return
+    try:
+        flask_app.extensions["clipqueue.redis"].eval(_HELD_BY, 1, job_key(clip_id), sender.hostname)
+    except redis.RedisError as exc:
+        log.debug("job %s: holder not written: %s", clip_id, exc)
+
+
+def live_workers(client: redis.Redis) -> set[str]:
+    """The names of the Celery workers whose presence key is still in Redis."""
+    prefix = worker_alive_key("")
+    return {key.decode()[len(prefix):] for key in client.scan_iter(match=f"{prefix}*", count=500)}

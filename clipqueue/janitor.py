@@ -13,14 +13,15 @@ clip's age:
 - its metadata vanished from Redis (Redis flushed, or restarted without
   persistence) and nobody holds its lease: queued again;
 - queued or retrying, and its message is in none of the places a message can
-  be: ``clip_extraction_jobs`` (any priority), kombu's ``unacked`` hash (a
-  worker holds it) or a lease (it runs): queued again. A message that waits
-  in the queue is a backlog, not a loss;
+  be: ``clip_extraction_jobs`` (any priority), kombu's ``unacked`` hash held
+  by a live worker (reserved, or waiting for a retry's countdown; see
+  :mod:`clipqueue.heartbeat`) or a lease (it runs): queued again. A message
+  that waits in the queue is a backlog, not a loss;
 - its output stored but the clip not finalized for a lease TTL (the
   finalizing task was lost or failed): finalizing is sent again.
 
-A lost job is queued again only when two rounds more than a lease
-heartbeat's interval apart (a third of a lease TTL) both found it lost: a
+A lost job is queued again only when two rounds more than a lease's and a
+worker's heartbeat interval apart both found it lost: a
 message between a worker's BRPOP and its ``unacked`` entry, or a lease a
 heartbeat is about to take again after a flush, is not a loss. The rounds'
 suspects live in Redis (``clipqueue:janitor:suspects``); if Redis loses them,
@@ -52,6 +53,7 @@ from flask import current_app
 
 from clipqueue import clips, deadletter
 from clipqueue.config import Settings
+from clipqueue.heartbeat import live_workers
 from clipqueue.jobs import JOB_QUEUED, JOB_RETRYING, JOB_RUNNING, decode_record, get_redis, job_store, now_iso
 from clipqueue.keys import job_key, lease_key
 from clipqueue.models import STATUS_PROCESSING, Clip, as_utc, db, utcnow
@@ -109,7 +111,7 @@ def run_janitor(page_size: int = PAGE, max_requeues: int = MAX_REQUEUES) -> Coun
     tally: Counter = Counter()
     suspects: dict[str, str] = {}  # clip id -> why, found lost this round
     unheld: set[str] = set()  # queued or retrying jobs that no lease holds
-    quiet: set[str] = set()  # ... of which those that have not moved for a lease TTL
+    quiet: dict[str, str | None] = {}  # ... of which those that have not moved for a lease TTL: their holder
 
     for page in _processing_clips(now, page_size):
         pipe = client.pipeline(transaction=False)
@@ -143,7 +145,7 @@ def run_janitor(page_size: int = PAGE, max_requeues: int = MAX_REQUEUES) -> Coun
             elif status in (JOB_QUEUED, JOB_RETRYING):
                 unheld.add(clip_id)
                 if now - moved > lease_ttl:
-                    quiet.add(clip_id)
+                    quiet[clip_id] = job.get("held_by")
 
     suspects.update(dict.fromkeys(_lost_messages(settings, unheld, quiet), LOST_MESSAGE))
     _requeue_confirmed(settings, suspects, max_requeues, tally)
@@ -154,15 +156,22 @@ def run_janitor(page_size: int = PAGE, max_requeues: int = MAX_REQUEUES) -> Coun
     return tally
 
 
-def _lost_messages(settings: Settings, unheld: set[str], quiet: set[str]) -> set[str]:
-    """Of the ``quiet`` queued jobs, those whose message is nowhere: not waiting, not held by a worker."""
-    if not quiet:
-        return set()
-    held = unacked_clip_ids()
-    quiet -= held
+def _lost_messages(settings: Settings, unheld: set[str], quiet: dict[str, str | None]) -> set[str]:
+    """Of the ``quiet`` queued jobs, those whose message is nowhere: not waiting, not held by a live worker.
+
+    ``quiet`` maps each to the worker that last received its message, if known.
+    """
     if not quiet:
         return set()
     client = get_redis()
+    held = unacked_clip_ids()
+    if held & quiet.keys():
+        alive = live_workers(client)
+        # A message in ``unacked`` stays there after its worker died, until the visibility timeout.
+        held = {clip_id for clip_id in held if quiet.get(clip_id) is None or quiet[clip_id] in alive}
+    quiet = quiet.keys() - held
+    if not quiet:
+        return set()
     expected = len(unheld - held)
     last_scan = float(client.get(LAST_QUEUE_SCAN_KEY) or 0)
     if queued_message_count() >= expected and time.time() - last_scan < settings.processing_deadline_seconds:
@@ -176,8 +185,9 @@ def _requeue_confirmed(settings: Settings, suspects: dict[str, str], max_requeue
     """Queue again (at most ``max_requeues``) the suspects an earlier round found lost too; keep the rest."""
     client = get_redis()
     now = time.time()
-    # Longer than a lease heartbeat's interval: a holder alive after a flush has taken its lease again.
-    confirm = settings.lease_ttl_seconds / 3 + 0.5
+    # Longer than a lease's or a worker's heartbeat interval: after a flush, a holder that lives has
+    # taken its lease again, and a worker that lives has said so again.
+    confirm = max(settings.lease_ttl_seconds / 3, settings.worker_heartbeat_seconds) + 0.5
     earlier = {key.decode(): float(value) for key, value in client.hgetall(SUSPECTS_KEY).items()}
     pipe = client.pipeline(transaction=True)
     pipe.delete(SUSPECTS_KEY)

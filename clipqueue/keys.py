@@ -26,3 +26,11 @@ def lease_key(clip_id: str) -> str:
 def maintenance_lock_key(name: str) -> str:
     """The lock one periodic maintenance task (janitor, outbox sweep) holds while it runs."""
     return f"clipqueue:maintenance-lock:{name}"
+
+
+WORKER_ALIVE_PREFIX = "clipqueue:worker-alive:"
+
+
+def worker_alive_key(nodename: str) -> str:
+    """Present while the Celery worker ``nodename`` beats (it expires when the worker is gone)."""
+    return f"{WORKER_ALIVE_PREFIX}{nodename}"

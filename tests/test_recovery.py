@@ -24,7 +24,8 @@ def test_janitor_requeues_every_lost_job_of_a_storm_once_and_leaves_waiting_ones
 
     # A short run uses small pages and bounds, so that it still crosses pages and needs two rounds.
     page_size, max_requeues = (PAGE, MAX_REQUEUES) if "RECOVERY_STORM" in os.environ else (40, 100)
-    service = service_factory(LEASE_TTL_SECONDS="1", JANITOR_INTERVAL_SECONDS="1")
+    service = service_factory(LEASE_TTL_SECONDS="1", JANITOR_INTERVAL_SECONDS="1",
+                              WORKER_HEARTBEAT_SECONDS="0.5")
     client = redis.Redis.from_url(service.env["REDIS_URL"])
     with service.app.app_context():
         rows = [Clip(vod_url="https://vod.test/master.m3u8", start_time=i % 50, end_time=i % 50 + 5,

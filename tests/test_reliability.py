@@ -23,6 +23,8 @@ FAST_RECOVERY = {
     "LEASE_TTL_SECONDS": "3",
     "JANITOR_INTERVAL_SECONDS": "1",
     "VISIBILITY_TIMEOUT_SECONDS": "120",
+    "WORKER_HEARTBEAT_SECONDS": "1",
+    "WORKER_HEARTBEAT_MAX_AGE_SECONDS": "3",
 }
 
 
@@ -586,6 +588,33 @@ def test_queued_jobs_whose_messages_were_lost_are_queued_again_long_before_the_d
         assert service.wait_for_clip(clip_id, timeout=60)["status"] == "ready"
         assert "message lost" in service.job(clip_id)["requeue_reason"]
         assert clip_row(service, clip_id).deliveries == 1
+
+
+def test_job_message_held_by_a_killed_worker_is_queued_again_before_the_visibility_timeout(
+    service_factory, master_url
+):
+    from clipqueue.keys import lease_key
+
+    service = service_factory(**FAST_RECOVERY)
+    client = redis.Redis.from_url(service.env["REDIS_URL"])
+    clip_id = service.create_clip(vod_url=master_url, start_time=1, end_time=4).get_json()["clip_id"]
+    # Another delivery holds the lease: the worker puts the job back with a countdown, again and again,
+    # holding each message unacknowledged while it waits.
+    client.set(lease_key(clip_id), "another-delivery", px=60_000)
+    holder = service.start_worker("holder")
+    wait_until(lambda: (service.job(clip_id).get("held_by") or "").startswith("holder@")
+               and client.hlen("unacked"), 30, interval=0.2, what="the holder to hold the job's message")
+    holder.signal_group(signal.SIGKILL)
+    killed_at = time.monotonic()
+    client.delete(lease_key(clip_id))
+    service.start_worker("rescuer")
+    service.start_beat()
+
+    clip = service.wait_for_clip(clip_id, timeout=60)  # the visibility timeout is 120 s, or more
+    print(f"\njob held by a killed worker ready {time.monotonic() - killed_at:.1f} s after the kill")
+    assert clip["status"] == "ready", clip
+    assert "message lost" in service.job(clip_id)["requeue_reason"]
+    assert clip_row(service, clip_id).deliveries == 1
 
 
 def test_replaying_a_dead_letter_older_than_the_deadline_is_not_failed_again(service_factory, vod_dir):
