@@ -48,8 +48,9 @@ JOB_HARD_TIME_LIMIT_SECONDS = 660
 # Delivery: a running job holds a lease renewed by a heartbeat. Celery's Redis
 # transport gives an unacknowledged job back after the visibility timeout (it
 # must exceed the longest retry countdown); the janitor re-queues jobs whose
-# lease expired, at most MAX_REDELIVERIES times, and fails clips still
-# processing after PROCESSING_DEADLINE_SECONDS.
+# lease expired, at most MAX_REDELIVERIES times, and jobs whose message is
+# nowhere; it searches the whole queue at least every PROCESSING_DEADLINE_SECONDS
+# (clipqueue.janitor).
 LEASE_TTL_SECONDS = 30.0
 # 0: derived from the time limits (clipqueue.celery_app.visibility_timeout); a larger value is kept.
 VISIBILITY_TIMEOUT_SECONDS = 0
