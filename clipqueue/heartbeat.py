@@ -160,7 +160,10 @@ def _note_holder(sender=None, request=None, **_kwargs) -> None:
         log.debug("job %s: holder not written: %s", clip_id, exc)
 
 
-def live_workers(client: redis.Redis) -> set[str]:
-    """The names of the Celery workers whose presence key is still in Redis."""
-    prefix = worker_alive_key("")
-    return {key.decode()[len(prefix):] for key in client.scan_iter(match=f"{prefix}*", count=500)}
+def live_workers(client: redis.Redis, names: set[str]) -> set[str]:
+    """Those of the Celery workers ``names`` whose presence key is still in Redis."""
+    ordered = sorted(names)
+    pipe = client.pipeline(transaction=False)
+    for name in ordered:
+        pipe.exists(worker_alive_key(name))
+    return {name for name, present in zip(ordered, pipe.execute()) if present}

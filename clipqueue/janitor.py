@@ -165,8 +165,9 @@ def _lost_messages(settings: Settings, unheld: set[str], quiet: dict[str, str | 
         return set()
     client = get_redis()
     held = unacked_clip_ids()
-    if held & quiet.keys():
-        alive = live_workers(client)
+    holders = {quiet[clip_id] for clip_id in held & quiet.keys()} - {None}
+    if holders:
+        alive = live_workers(client, holders)
         # A message in ``unacked`` stays there after its worker died, until the visibility timeout.
         held = {clip_id for clip_id in held if quiet.get(clip_id) is None or quiet[clip_id] in alive}
     quiet = quiet.keys() - held
