@@ -82,7 +82,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(metrics_bp)
     app.register_blueprint(probes_bp)
     # Workers link local storage under web's address unless PUBLIC_BASE_URL tells them (clipqueue.publicurl).
-    app.before_request(Publisher(app.extensions["clipqueue.redis"], web_base_url(settings)))
+    app.before_request(Publisher(app.extensions["clipqueue.probe_redis"], web_base_url(settings)))
     init_rate_limits(app, settings)
     register_error_handlers(app)
 

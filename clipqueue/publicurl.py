@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 
@@ -39,24 +40,34 @@ def web_base_url(settings: Settings, env: Mapping[str, str] = os.environ) -> str
 
 
 class Publisher:
-    """Web's side: write its base URL to Redis now and then, from the requests it serves."""
+    """Web's side: write its base URL to Redis now and then, from a thread, when requests come.
+
+    A request never waits for it: a Redis that hangs must not hold up the
+    probes or the API (each write is bounded by short timeouts, one at a time).
+    """
 
     def __init__(self, client: redis.Redis, base_url: str):
         self.client = client
         self.base_url = base_url
         self._next = 0.0
+        self._lock = threading.Lock()
 
     def __call__(self) -> None:
         now = time.monotonic()
-        if now < self._next:
+        if now < self._next or not self._lock.acquire(blocking=False):
             return
         self._next = now + REFRESH_SECONDS
+        threading.Thread(target=self._publish, name="publish-base-url", daemon=True).start()
+
+    def _publish(self) -> None:
         try:
             self.client.set(PUBLISHED_KEY, self.base_url)
         except redis.RedisError as exc:
             # Try again soon, but not on every request while Redis is away.
-            self._next = now + REFRESH_SECONDS / 6
+            self._next = time.monotonic() + REFRESH_SECONDS / 6
             log.debug("public base URL not published: %s", exc)
+        finally:
+            self._lock.release()
 
 
 def links_base_url(settings: Settings, client: redis.Redis) -> str:
