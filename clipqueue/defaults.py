@@ -96,10 +96,19 @@ SOURCE_MAX_REDIRECTS = 5
 # resolver cannot hold a web worker; past it the worker checks the host again.
 API_DNS_TIMEOUT_SECONDS = 2.0
 
+# Twitch links (https://www.twitch.tv/videos/<id>, https://www.twitch.tv/<channel>) are resolved as
+# Twitch's web player does: a playback token from GQL, then the master playlist from usher.
+TWITCH_GQL_URL = "https://gql.twitch.tv/gql"
+TWITCH_USHER_URL = "https://usher.ttvnw.net"
+TWITCH_CLIENT_ID = "kimne78kx3ncx6brgo4mv6wki5h1ko"  # the web player's public client id
+TWITCH_OAUTH_TOKEN = ""  # a subscriber's token, sent as "Authorization: OAuth <token>", for sub-only VODs
+# Codecs usher may offer, in the order a rendition of the asked height is chosen.
+TWITCH_SUPPORTED_CODECS = "av1,h265,h264"
+
 # Readiness (GET /readyz): each check of Redis and the database gets at most this long.
 PROBE_TIMEOUT_SECONDS = 2.0
 # Worker liveness: each Celery worker touches a file in WORKER_HEARTBEAT_DIR (empty:
-# {temp}/clipqueue-worker-heartbeats) every WORKER_HEARTBEAT_SECONDS from its event loop;
+# {temp}/clipqueue-worker-heartbeats) every WORKER_HEARTBEAT_SECONDS from a thread;
 # `clipqueue worker-health` fails when one is older than WORKER_HEARTBEAT_MAX_AGE_SECONDS.
 WORKER_HEARTBEAT_DIR = ""
 WORKER_HEARTBEAT_SECONDS = 5.0

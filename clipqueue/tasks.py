@@ -72,6 +72,7 @@ class StoredClip(TypedDict):
     size_bytes: int
     muted_ranges: list[list[float]]
     method: str
+    codec: str | None
 
 
 def describe_error(exc: BaseException) -> str:
@@ -241,6 +242,7 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
         size_bytes=result.size_bytes,
         muted_ranges=[list(r) for r in result.muted_ranges],
         method=result.method,
+        codec=result.codec,
     )
 
 
