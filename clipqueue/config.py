@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     twitch_oauth_token: str = defaults.TWITCH_OAUTH_TOKEN
     twitch_supported_codecs: CommaList = defaults.TWITCH_SUPPORTED_CODECS
     events_heartbeat_seconds: float = defaults.EVENTS_HEARTBEAT_SECONDS
+    worker_heartbeat_dir: str = defaults.WORKER_HEARTBEAT_DIR
+    worker_heartbeat_seconds: float = defaults.WORKER_HEARTBEAT_SECONDS
+    worker_heartbeat_max_age_seconds: float = defaults.WORKER_HEARTBEAT_MAX_AGE_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

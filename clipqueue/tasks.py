@@ -25,7 +25,7 @@ from typing import Any, TypedDict
 import redis
 import sqlalchemy as sa
 from celery import Celery
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from flask import current_app
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -41,6 +41,7 @@ from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.media.thumbnail import make_thumbnail
 from clipqueue.models import STATUS_PROCESSING, db
 from clipqueue.queue import FINALIZE_TASK, JANITOR_TASK, PROCESS_TASK, SWEEP_OUTBOX_TASK, sweep_outbox
+from clipqueue.publicurl import links_base_url
 from clipqueue.storage import object_key, storage_from_settings
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ def describe_error(exc: BaseException) -> str:
     """A readable reason for the clip record and the dead-letter queue."""
     if isinstance(exc, SoftTimeLimitExceeded):
         return "job exceeded its time limit"
+    if isinstance(exc, TimeLimitExceeded):
+        return f"job exceeded its time limit (killed at the hard limit, {exc})"
     if isinstance(exc, ClipqueueError):
         return str(exc)
     if isinstance(exc, sa.exc.OperationalError):
@@ -90,7 +93,7 @@ def describe_error(exc: BaseException) -> str:
 
 def failure_code(exc: BaseException) -> str:
     """The short reason metrics count failed clips by."""
-    if isinstance(exc, SoftTimeLimitExceeded):
+    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
         return "time_limit"
     if isinstance(exc, ClipqueueError):
         return exc.code
@@ -221,7 +224,7 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
             thumbnail = _fallback_thumbnail(jlog, result, workdir)
         check_lease()
         store.update(clip_id, stage="uploading", progress=90)
-        storage = storage_from_settings(settings)
+        storage = storage_from_settings(settings, links_base_url(settings, get_redis()))
         with ThreadPoolExecutor(max_workers=1) as pool:
             thumbnail_upload = pool.submit(storage.put_file, thumbnail, object_key(clip_id, ".jpg")) if thumbnail else None
             video_url = storage.put_file(result.path, object_key(clip_id, ".mp4"))
