@@ -30,7 +30,7 @@ from tests.services import RedisServer, WorkerProcess
 POLL_SECONDS = 0.1
 
 
-def start_service(workdir: Path) -> tuple[object, list]:
+def start_service(workdir: Path, **extra_env: str) -> tuple[object, list]:
     """A private deployment: Redis, migrations, one worker, and the app's test client."""
     from flask_migrate import upgrade
 
@@ -46,6 +46,7 @@ def start_service(workdir: Path) -> tuple[object, list]:
         "ALLOW_PRIVATE_SOURCES": "true",
         "RATE_LIMIT": "0",
         "RATE_LIMIT_READS": "0",
+        **extra_env,
     }
     app = create_app(env)
     with app.app_context():

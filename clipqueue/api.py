@@ -16,12 +16,13 @@ from werkzeug.routing import ValidationError as NoRouteMatch
 from clipqueue import deadletter, defaults, schemas
 from clipqueue.auth import presented_token, token_is_valid
 from clipqueue.config import Settings
-from clipqueue.exceptions import ForbiddenSource, SourceUnavailable, ValidationError
+from clipqueue.exceptions import ForbiddenSource, InvalidTwitchLink, SourceUnavailable, ValidationError
 from clipqueue.jobs import job_logger, job_store
+from clipqueue.media.twitch import parse_twitch_link
 from clipqueue.models import Clip, db
 from clipqueue.openapi import SAFE_METHODS, operation, view_operation
 from clipqueue.queue import dead_letter_count, enqueue_job, pending_count, unqueued_count
-from clipqueue.urlpolicy import SourcePolicy, check_url
+from clipqueue.urlpolicy import SourcePolicy, check_url, host_allowed
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,23 @@ def _clip_not_found(clip_id: str):
 
 
 def check_source(vod_url: str, settings: Settings) -> None:
-    """Refuse a source the policy forbids (code ``forbidden_source``), with a bounded DNS lookup."""
+    """Refuse a source the policy forbids (code ``forbidden_source``), with a bounded DNS lookup.
+
+    A Twitch link is not looked up here: the worker resolves it through
+    Twitch's APIs and applies the policy to every URL they hand back.
+    """
+    policy = SourcePolicy.from_settings(settings)
     try:
-        check_url(vod_url, SourcePolicy.from_settings(settings), dns_timeout=defaults.API_DNS_TIMEOUT_SECONDS)
+        link = parse_twitch_link(vod_url)
+    except InvalidTwitchLink as exc:
+        raise ValidationError(str(exc), "vod_url", "invalid_field") from exc
+    if link is not None:
+        if not host_allowed("twitch.tv", policy):
+            raise ValidationError("forbidden source: Twitch links need twitch.tv in ALLOWED_SOURCE_HOSTS",
+                                  "vod_url", "forbidden_source")
+        return
+    try:
+        check_url(vod_url, policy, dns_timeout=defaults.API_DNS_TIMEOUT_SECONDS)
     except ForbiddenSource as exc:
         raise ValidationError(str(exc), "vod_url", "forbidden_source") from exc
     except SourceUnavailable:

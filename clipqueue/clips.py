@@ -27,7 +27,7 @@ MAX_TRACEBACK_CHARS = 4000
 # What a ready clip takes from the job's output, beside its status.
 _OUTPUT_COLUMNS = (
     "video_url", "thumbnail_url", "quality_used", "duration", "actual_start_time", "actual_end_time",
-    "width", "height", "size_bytes", "muted_ranges",
+    "width", "height", "size_bytes", "muted_ranges", "codec",
 )
 
 

@@ -24,6 +24,7 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 # Rate limits are the settings an empty value turns off rather than defaults.
 _RATE_LIMITS = ("rate_limit", "rate_limit_reads")
 _OFF = {"", "0", "off", "none", "false"}
+TWITCH_CODECS = ("av1", "h265", "h264")  # the names usher's supported_codecs takes
 
 
 class Settings(BaseSettings):
@@ -85,6 +86,15 @@ class Settings(BaseSettings):
     rate_limit_reads: str = defaults.RATE_LIMIT_READS
     allowed_private_networks: CommaList = defaults.ALLOWED_PRIVATE_NETWORKS
     source_max_redirects: int = defaults.SOURCE_MAX_REDIRECTS
+    twitch_gql_url: str = defaults.TWITCH_GQL_URL
+    twitch_usher_url: str = defaults.TWITCH_USHER_URL
+    twitch_client_id: str = defaults.TWITCH_CLIENT_ID
+    twitch_oauth_token: str = defaults.TWITCH_OAUTH_TOKEN
+    twitch_supported_codecs: CommaList = defaults.TWITCH_SUPPORTED_CODECS
+    events_heartbeat_seconds: float = defaults.EVENTS_HEARTBEAT_SECONDS
+    worker_heartbeat_dir: str = defaults.WORKER_HEARTBEAT_DIR
+    worker_heartbeat_seconds: float = defaults.WORKER_HEARTBEAT_SECONDS
+    worker_heartbeat_max_age_seconds: float = defaults.WORKER_HEARTBEAT_MAX_AGE_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -113,6 +123,17 @@ class Settings(BaseSettings):
     @classmethod
     def _hosts(cls, value: Any) -> Any:
         return tuple(item.lower() for item in _split(value)) if isinstance(value, str) else value
+
+    @field_validator("twitch_supported_codecs", mode="before")
+    @classmethod
+    def _codecs(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        codecs = tuple(item.lower() for item in _split(value))
+        unknown = [codec for codec in codecs if codec not in TWITCH_CODECS]
+        if unknown or not codecs:
+            raise ValueError(f"must list codecs among {', '.join(TWITCH_CODECS)}")
+        return codecs
 
     @field_validator("api_tokens", mode="before")
     @classmethod

@@ -72,6 +72,42 @@ class LiveVodTimeout(InputError):
     code = "live_vod_timeout"
 
 
+class InvalidTwitchLink(InputError):
+    """A twitch.tv link that names no VOD or channel (``/directory``, a non-numeric video id)."""
+
+    code = "invalid_twitch_link"
+
+
+class TwitchVodNotFound(SourceNotFound):
+    """Twitch has no such VOD: it was deleted or never existed (a null playback token)."""
+
+    code = "vod_not_found"
+
+
+class TwitchChannelOffline(InputError):
+    """The Twitch channel is not live (or does not exist): it records no VOD to clip from."""
+
+    code = "channel_offline"
+
+
+class TwitchNotRecording(InputError):
+    """The Twitch channel is live but keeps no VOD of this stream."""
+
+    code = "channel_not_recording"
+
+
+class TwitchRefused(PermanentError):
+    """Twitch refused the service itself (client id, OAuth token, usher): an operator can fix it and replay."""
+
+    code = "twitch_refused"
+
+
+class TwitchSubscriberOnly(TwitchRefused):
+    """A subscriber-only VOD and no ``TWITCH_OAUTH_TOKEN`` of a subscriber: setting one and replaying helps."""
+
+    code = "subscriber_only"
+
+
 class SourceUnavailable(TransientError):
     """The source timed out, reset the connection or answered 5xx/429."""
 

@@ -63,6 +63,7 @@ class Clip(db.Model):
     size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
     muted_ranges: Mapped[list | None] = mapped_column(sa.JSON)
     extraction_method: Mapped[str | None] = mapped_column(sa.String(32))
+    codec: Mapped[str | None] = mapped_column(sa.String(16))  # the clip's video codec; None for audio only
     error: Mapped[str | None] = mapped_column(sa.Text)
     # Why a failed clip failed, as a short code metrics count by (the exception's code: tasks.failure_code).
     failure_code: Mapped[str | None] = mapped_column(sa.String(32))

@@ -100,7 +100,8 @@ def _title(value: str) -> str:
 VodUrl = Annotated[
     str,
     Field(max_length=defaults.MAX_URL_LENGTH, json_schema_extra={"pattern": URL_PATTERN},
-          description="An HLS playlist (master or media) or an MP4/TS file over http(s). "
+          description="An HLS playlist (master or media) or an MP4/TS file over http(s), or a Twitch link: "
+                      "https://www.twitch.tv/videos/<id> or a live channel, https://www.twitch.tv/<login>. "
                       "Refused with code forbidden_source when the source policy forbids it."),
     AfterValidator(_http_url),
 ]
@@ -253,7 +254,9 @@ class Clip(BaseModel):
     height: int | None
     size_bytes: int | None
     muted_ranges: list[Annotated[list[float], Field(min_length=2, max_length=2)]]
-    extraction_method: str | None
+    extraction_method: str | None = Field(
+        description="how the clip was made: smart_cut, reencode (exact, every frame encoded again) or copy")
+    codec: str | None = Field(description="the clip's video codec (h264, hevc or av1); null for audio only")
     error: str | None
     failure_code: str | None = Field(
         description="why a failed clip failed, e.g. source_not_found, range_not_in_vod, storage_unavailable")

@@ -246,8 +246,11 @@ def canonical_host(host: str) -> tuple[str, IPAddress | None]:
     return ".".join(labels), None
 
 
-def _host_allowed(host: str, allowed_hosts: tuple[str, ...]) -> bool:
-    return any(host == allowed or host.endswith("." + allowed) for allowed in allowed_hosts)
+def host_allowed(host: str, policy: SourcePolicy) -> bool:
+    """True if ``ALLOWED_SOURCE_HOSTS`` admits ``host`` (always, when it is empty)."""
+    host = host.lower()
+    return not policy.allowed_hosts or any(host == allowed or host.endswith("." + allowed)
+                                           for allowed in policy.allowed_hosts)
 
 
 def _is_localhost_name(host: str) -> bool:
@@ -315,7 +318,7 @@ def vet_url(url: str, policy: SourcePolicy, dns_timeout: float | None = None) ->
     if port == 0:
         raise ForbiddenSource("forbidden source: port 0")
     port = port or (443 if scheme == "https" else 80)
-    if policy.allowed_hosts and not _host_allowed(host, policy.allowed_hosts):
+    if not host_allowed(host, policy):
         raise ForbiddenSource(f"forbidden source: host {host!r} is not in ALLOWED_SOURCE_HOSTS")
     if literal is not None:
         addresses = [literal]

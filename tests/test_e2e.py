@@ -9,28 +9,12 @@ import pytest
 import redis
 
 from clipqueue.keys import DEAD_LETTER_QUEUE
-from tests.mediacheck import assert_jpeg, assert_playable_mp4, ffprobe
+from tests.mediacheck import assert_jpeg, assert_playable_mp4, ffprobe, fetch_stored
 from tests.services import RedisServer
 
 pytestmark = pytest.mark.e2e
 
 START, END = 12.4, 27.4  # 15 s, off segment boundaries, across two segments
-
-
-def fetch_stored(service, url: str, destination: Path) -> Path:
-    """Read a stored object back the way a viewer would: from local storage via web, or from S3."""
-    if service.env.get("S3_BUCKET"):
-        key = url.split(f"/{service.env['S3_BUCKET']}/", 1)[1]
-        boto3.client("s3", endpoint_url=service.env["S3_ENDPOINT_URL"]).download_file(
-            service.env["S3_BUCKET"], key, str(destination)
-        )
-    else:
-        path = url.removeprefix(service.env["PUBLIC_BASE_URL"])
-        response = service.client.get(path)
-        assert response.status_code == 200, (url, response.status_code)
-        destination.write_bytes(response.data)
-        response.close()
-    return destination
 
 
 @pytest.mark.parametrize(

@@ -22,10 +22,12 @@ from clipqueue.media.fetch import Fetcher, LoopbackRelay
 from clipqueue.media.pipeline import SegmentPipeline
 from clipqueue.media.probe import EXPECTED_SOURCE, describe_non_media
 from clipqueue.media.source import fetch_progressive_window, join_segments
+from clipqueue.media.twitch import TwitchConfig, TwitchLink, TwitchResolver, parse_twitch_link
 from clipqueue.media.playlist import (
     QUALITIES,
     MediaPlaylist,
     choose_rendition,
+    cuttable_codecs,
     is_master_playlist,
     looks_like_playlist,
     muted_ranges,
@@ -33,7 +35,7 @@ from clipqueue.media.playlist import (
     parse_media,
     select_segments,
 )
-from clipqueue.urlpolicy import SourcePolicy, check_playlist_text
+from clipqueue.urlpolicy import SourcePolicy, check_playlist_text, check_url
 
 MODES = ("accurate", "copy")
 StageCallback = Callable[[str, int], None]
@@ -64,6 +66,7 @@ class ExtractOptions:
     live_wait_deadline: float = defaults.LIVE_WAIT_DEADLINE_SECONDS
     live_poll_interval: float = defaults.LIVE_POLL_SECONDS
     max_redirects: int = defaults.SOURCE_MAX_REDIRECTS
+    twitch: TwitchConfig = field(default_factory=TwitchConfig)
     thumbnail: bool = False  # also make ``workdir/thumbnail.jpg`` from a frame of the clip, beside the cut
 
     @classmethod
@@ -80,6 +83,7 @@ class ExtractOptions:
             live_wait_deadline=settings.live_wait_deadline_seconds,
             live_poll_interval=settings.live_poll_seconds,
             max_redirects=settings.source_max_redirects,
+            twitch=TwitchConfig.from_settings(settings),
             thumbnail=thumbnail,
         )
 
@@ -99,6 +103,7 @@ class ExtractResult:
     muted_ranges: list[tuple[float, float]]
     method: str  # "smart_cut", "reencode" or "copy"
     bytes_fetched: int
+    codec: str | None = None  # the clip's video codec ("h264", "hevc", "av1"); None for audio only
     thumbnail: Path | None = None  # made when asked for and the source allowed; else make it from ``path``
 
 
@@ -126,6 +131,15 @@ def get_playlist(fetcher: Fetcher, url: str, options: ExtractOptions) -> tuple[s
         raise InvalidMedia(f"got {describe_non_media(head) or 'something else'} at {url}, {EXPECTED_SOURCE}")
     check_playlist_text(text, final_url, options.policy)
     return text, final_url
+
+
+def twitch_master(link: TwitchLink, options: ExtractOptions) -> tuple[str, str]:
+    """Resolve a Twitch link to its VOD's master playlist (text, URL), vetted by the source policy."""
+    with TwitchResolver(options.twitch) as resolver:
+        resolved = resolver.resolve(link)
+    check_url(resolved.master_url, options.policy)
+    check_playlist_text(resolved.master_text, resolved.master_url, options.policy)
+    return resolved.master_text, resolved.master_url
 
 
 def wait_for_range(fetcher: Fetcher, playlist: MediaPlaylist, end_time: float,
@@ -169,12 +183,15 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
                                                   options.fetch_timeout, options.max_fetch_bytes,
                                                   options.max_redirects))
             url = request.source_url
-            head = None if _is_playlist_url(url) else fetcher.head_bytes(url)
+            link = parse_twitch_link(url)
+            twitch = twitch_master(link, options) if link is not None else None
+            head = None if twitch or _is_playlist_url(url) else fetcher.head_bytes(url)
             if head is None or looks_like_playlist(head):
-                text, url = get_playlist(fetcher, url, options)
+                text, url = twitch or get_playlist(fetcher, url, options)
                 quality_used = None  # a media playlist names no rendition: reported from the clip below
                 if is_master_playlist(text):
-                    rendition = choose_rendition(parse_master(text, url), request.quality)
+                    rendition = choose_rendition(parse_master(text, url), request.quality,
+                                                 cuttable_codecs(options.twitch.supported_codecs))
                     quality_used = rendition.name
                     text, url = get_playlist(fetcher, rendition.url, options)
                 playlist = wait_for_range(fetcher, parse_media(text, url), request.end_time, options)
@@ -191,6 +208,7 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
                     on_progress=lambda done, total: stage("fetching", min(99, 100 * done // max(1, total))),
                     on_segment=pipeline.segment_fetched, first=pipeline.first,
                 )
+                segments = [item.segment for item in fetched]  # as fetched: "-unmuted" may have come muted
                 source = join_segments(fetched, scratch / "source")
                 prepared = pipeline.prepared(source)
             else:
@@ -229,5 +247,5 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
         actual_start_time=clip.actual_start, actual_end_time=clip.actual_end,
         duration=clip.duration, width=clip.width, height=clip.height, size_bytes=clip.size_bytes,
         muted_ranges=muted_ranges(segments, clip.actual_start, clip.actual_end), method=clip.method,
-        bytes_fetched=bytes_fetched, thumbnail=clip.thumbnail,
+        bytes_fetched=bytes_fetched, thumbnail=clip.thumbnail, codec=clip.codec,
     )
