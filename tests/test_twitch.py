@@ -270,3 +270,30 @@ def test_a_live_channel_clip_past_the_recordings_end_waits_then_is_ready(service
     assert clip["status"] == "ready", clip
     assert time.monotonic() - vod.live_since >= 40  # it waited for the recording to get there
     assert_frame_exact(service, clip, start, end, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def hevc_vod(tmp_path_factory, generated_media) -> Path:
+    """An Enhanced Broadcasting-like VOD: one HEVC rendition in fMP4 behind init-0.mp4 (as tests/media's)."""
+    root = tmp_path_factory.mktemp("twitch-hevc") / "hls"
+    generated_media.hls_vod(root, duration=18, segment_seconds=6, variants=(("180p", 320, 180, 250_000),),
+                            fmp4=True, codec="hevc", fps=FPS)
+    return root
+
+
+def test_an_hevc_fmp4_twitch_vod_is_clipped_frame_exact_in_hevc_and_copied_in_hevc(service_factory, twitch,
+                                                                                   hevc_vod, tmp_path):
+    twitch.state.vods["2005"] = FakeVod(hevc_vod)
+    service = twitch_service(service_factory, twitch)
+    start, end = 7.3, 11.5
+    accurate = service.create_clip(vod_url="https://www.twitch.tv/videos/2005", start_time=start, end_time=end)
+    copy = service.create_clip(vod_url="https://www.twitch.tv/videos/2005", start_time=start, end_time=end,
+                               mode="copy")
+    clip = service.wait_for_clip(accurate.get_json()["clip_id"])
+    assert clip["status"] == "ready" and clip["codec"] == "hevc", clip
+    assert clip["extraction_method"] == "smart_cut"
+    assert_frame_exact(service, clip, start, end, tmp_path)
+    copied = service.wait_for_clip(copy.get_json()["clip_id"])
+    assert copied["status"] == "ready" and copied["codec"] == "hevc", copied
+    assert copied["extraction_method"] == "copy" and copied["actual_start_time"] <= start
+    assert any(path.endswith("/init-0.mp4") for _, path, _ in twitch.state.requests)
