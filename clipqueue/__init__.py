@@ -64,6 +64,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     from clipqueue.publicurl import Publisher, web_base_url
     from clipqueue.ratelimit import init_rate_limits
     from clipqueue.streams import clip_events  # noqa: F401 - adds the event streams to the API blueprint
+    from clipqueue.sentry import init_sentry
 
     settings = Settings.from_env(env)
     app = Flask(__name__)
@@ -90,6 +91,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     )
     app.extensions["clipqueue.probe_redis"] = probe_redis_client(settings.redis_url)
     celery_init_app(app, settings)
+    init_sentry(app, settings)
 
     app.register_blueprint(bp)
     app.register_blueprint(openapi_bp)

@@ -12,6 +12,7 @@ from clipqueue.jobs import ClipIdLogFilter, current_clip_id
 from clipqueue.keys import CONTROL_QUEUE
 from clipqueue.logs import quiet_periodic_task_logs
 from clipqueue.queue import JANITOR_TASK, SWEEP_OUTBOX_TASK
+from clipqueue.sentry import tag_clip
 
 
 class AppContextTask(Task):
@@ -24,6 +25,7 @@ class AppContextTask(Task):
 
     def __call__(self, *args, **kwargs):
         token = current_clip_id.set(kwargs.get("clip_id"))
+        tag_clip(kwargs.get("clip_id"))
         try:
             with self.flask_context():
                 return super().__call__(*args, **kwargs)
@@ -53,6 +55,7 @@ def _periodic(task: str, every: float) -> dict:
 
 def celery_init_app(app: Flask, settings: Settings) -> Celery:
     """Create the Celery app for ``app`` and store it in ``app.extensions["celery"]``."""
+    from clipqueue.metrics import QueueConsumerHeartbeat
     from clipqueue.tasks import register_tasks
 
     celery = Celery(app.name, task_cls=AppContextTask)
@@ -74,6 +77,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     )
     quiet_periodic_task_logs(celery)
     celery.steps["worker"].add(WorkerHeartbeat)
+    celery.steps["consumer"].add(QueueConsumerHeartbeat)
     celery.flask_app = app
     celery.set_default()
     app.extensions["celery"] = celery

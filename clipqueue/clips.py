@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from clipqueue import deadletter
+from clipqueue import deadletter, metrics
 from clipqueue.jobs import JOB_COMPLETED, JOB_FAILED, job_logger, job_store, now_iso
 from clipqueue.models import STATUS_FAILED, STATUS_PROCESSING, STATUS_READY, Clip, DeadLetter, db, utcnow
 
@@ -107,6 +107,7 @@ def mark_ready(clip_id: str, output: dict[str, Any]) -> bool:
         quality_used=output.get("quality_used"),
     )
     if changed:
+        metrics.count_ready(clip_id, now)
         jlog.info("clip ready: %s", output["video_url"])
     return changed
 
@@ -130,6 +131,7 @@ def mark_failed(clip_id: str, error: str, *, code: str, attempts: int, traceback
     if not changed:
         jlog.info("not failing the clip: it is no longer processing")
         return False
+    metrics.count_job("failed" if traceback is None else "dead_lettered")
     job_store().update(clip_id, status=JOB_FAILED, error=error, completed_at=now_iso(), attempts=attempts)
     if traceback is None:
         jlog.warning("clip failed (%s): %s", code, error)

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     worker_heartbeat_dir: str = defaults.WORKER_HEARTBEAT_DIR
     worker_heartbeat_seconds: float = defaults.WORKER_HEARTBEAT_SECONDS
     worker_heartbeat_max_age_seconds: float = defaults.WORKER_HEARTBEAT_MAX_AGE_SECONDS
+    sentry_dsn: str = defaults.SENTRY_DSN
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

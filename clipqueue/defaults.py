@@ -123,3 +123,7 @@ PROBE_TIMEOUT_SECONDS = 2.0
 WORKER_HEARTBEAT_DIR = ""
 WORKER_HEARTBEAT_SECONDS = 5.0
 WORKER_HEARTBEAT_MAX_AGE_SECONDS = 30.0
+
+# Errors from web and workers go to Sentry when set (empty: nowhere). SENTRY_ENVIRONMENT
+# and SENTRY_RELEASE are read by sentry-sdk itself.
+SENTRY_DSN = ""

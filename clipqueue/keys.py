@@ -44,3 +44,13 @@ WORKER_ALIVE_PREFIX = "clipqueue:worker-alive:"
 def worker_alive_key(nodename: str) -> str:
     """Present while the Celery worker ``nodename`` beats (it expires when the worker is gone)."""
     return f"{WORKER_ALIVE_PREFIX}{nodename}"
+
+
+def metric_key(name: str) -> str:
+    """The Redis hash holding one counter or histogram of ``/metrics``, shared by every process."""
+    return f"clipqueue:metrics:{name}"
+
+
+def worker_heartbeats_key(queue: str) -> str:
+    """The sorted set of workers consuming ``queue``, scored by their latest heartbeat (Unix seconds)."""
+    return f"clipqueue:worker-heartbeats:{queue}"

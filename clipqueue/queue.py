@@ -209,3 +209,9 @@ def sweep_outbox() -> int:
         else:
             break
     return queued
+
+
+def oldest_waiting_clip_id() -> str | None:
+    """The clip whose job has waited longest in ``clip_extraction_jobs`` (kombu pushes left, pops right)."""
+    match = _EXTRACT_TASK_ID.search(get_redis().lindex(JOB_QUEUE, -1) or b"")
+    return match.group(1).decode() if match else None

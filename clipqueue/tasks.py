@@ -29,7 +29,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from flask import current_app
 from kombu.exceptions import OperationalError as BrokerError
 
-from clipqueue import clips
+from clipqueue import clips, metrics
 from clipqueue.celery_app import AppContextTask
 from clipqueue.config import Settings
 from clipqueue.exceptions import ClipqueueError, InputError, LeaseLost, TransientError
@@ -113,6 +113,7 @@ class ClipJobTask(AppContextTask):
         clip_id = kwargs["clip_id"]
         job_logger(log, clip_id).warning("retrying after: %s", describe_error(exc))
         with self.flask_context():
+            metrics.count_job("retried")
             job_store().update(clip_id, status=JOB_RETRYING, error=describe_error(exc))
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
@@ -161,6 +162,8 @@ def process_clip(self, clip_id: str) -> StoredClip | None:
             return clip.output if clip.status == STATUS_PROCESSING else None
         request = ClipRequest(source_url=clip.vod_url, start_time=clip.start_time, end_time=clip.end_time,
                               quality=clip.quality, mode=clip.mode)
+        if self.request.retries == 0:  # a retry's wait is its backoff, not the queue
+            metrics.observe_queue_wait(clip.enqueued_at or clip.created_at)
         deliveries = clips.count_delivery(clip_id)
         # Hold no database connection through minutes of media work.
         clip = None
@@ -202,9 +205,11 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
     remove_stale_scratch(scratch_root, settings.job_hard_time_limit_seconds * 2)
 
     written = {"stage": None, "progress": -_PROGRESS_STEP}
+    stages = metrics.StageTimer()
 
     def on_stage(stage: str, progress: int) -> None:
         check_lease()
+        stages.enter(stage)
         # A write per fetched part would be Redis round trips the fetch threads wait on: steps of 5.
         low, high = _STAGE_BANDS.get(stage, (0, 80))
         progress = low + (high - low) * progress // 100
@@ -217,18 +222,22 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
         began = time.perf_counter()
         result = extract_clip(request, workdir, ExtractOptions.from_settings(settings, thumbnail=True), on_stage)
         extracted = time.perf_counter()
+        metrics.count_source_bytes(result.bytes_fetched)
         thumbnail = result.thumbnail
         # An audio-only clip has no picture to show.
         if thumbnail is None and result.width is not None:
+            stages.enter("thumbnail")
             store.update(clip_id, stage="thumbnail", progress=85)
             thumbnail = _fallback_thumbnail(jlog, result, workdir)
         check_lease()
+        stages.enter("uploading")
         store.update(clip_id, stage="uploading", progress=90)
         storage = storage_from_settings(settings, links_base_url(settings, get_redis()))
         with ThreadPoolExecutor(max_workers=1) as pool:
             thumbnail_upload = pool.submit(storage.put_file, thumbnail, object_key(clip_id, ".jpg")) if thumbnail else None
             video_url = storage.put_file(result.path, object_key(clip_id, ".mp4"))
             thumbnail_url = thumbnail_upload.result() if thumbnail_upload else None
+        stages.finish()
         finished = time.perf_counter()
     jlog.info("stored %s (%d bytes, %s) in %.2f s: extract %.2f s, thumbnail and upload %.2f s", video_url,
               result.size_bytes, result.method, finished - began, extracted - began, finished - extracted)
