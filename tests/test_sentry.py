@@ -109,11 +109,13 @@ def test_worker_job_failing_with_an_unexpected_error_reports_it_tagged_with_its_
 
 def test_web_500_reports_the_error_tagged_with_the_clip_it_was_about(service_factory, sentry, tmp_path):
     service = service_factory()
-    clip_id = service.create_clip(vod_url="http://127.0.0.1:9/v.m3u8", start_time=1, end_time=5).get_json()["clip_id"]
+    body = {"vod_url": "http://127.0.0.1:9/v.m3u8", "start_time": 1, "end_time": 5}
+    clip_id = service.create_clip(**body).get_json()["clip_id"]
     # A row the code cannot read: an unexpected error, not a 4xx nor an outage.
     database = service.env["DATABASE_URL"].removeprefix("sqlite:///")
     with sqlite3.connect(database) as connection:
-        connection.execute("UPDATE clips SET created_at = 'not a time' WHERE id = ?", (uuid.UUID(clip_id).hex,))
+        connection.execute("UPDATE clips SET created_at = 'not a time' WHERE id = ?",
+                           (uuid.UUID(clip_id).hex,))
 
     port = free_port()
     env = {**service.env, "SENTRY_DSN": sentry.dsn, "PORT": str(port), "WEB_ADDRESS": "127.0.0.1",
