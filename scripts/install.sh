@@ -8,8 +8,8 @@ need=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need+=(ffmpeg)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v python3 >/dev/null || need+=(python3 python3-venv python3-pip)
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 if [ "${#need[@]}" -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing system packages: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
@@ -21,3 +21,18 @@ fi
 extras="${1:-}"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+
+# The tests check the alert rules (ops/prometheus) with promtool. It is taken out of
+# Debian's prometheus package into .venv/bin: installing the package would also
+# enable a Prometheus server (listening on all addresses) on this machine.
+if [ "$extras" = test ] && ! command -v promtool >/dev/null && [ ! -x .venv/bin/promtool ]; then
+  unpack=$(mktemp -d)
+  if ! (cd "$unpack" && apt-get download -qq prometheus >/dev/null 2>&1); then
+    $SUDO apt-get update -qq
+    (cd "$unpack" && apt-get download -qq prometheus >/dev/null 2>&1)
+  fi
+  dpkg-deb -x "$unpack"/prometheus_*.deb "$unpack/root"
+  cp "$unpack/root/usr/bin/promtool" .venv/bin/promtool
+  rm -rf "$unpack"
+  echo "installed promtool from Debian's prometheus package in .venv/bin"
+fi
