@@ -142,10 +142,15 @@ def count_job(outcome: str) -> None:
 
 def count_ready(clip_id: str | uuid.UUID, ready_at: datetime) -> None:
     """Count a clip that became ready, and how long it took since it was created."""
-    created_at = db.session.execute(
-        sa.select(Clip.created_at).where(Clip.id == uuid.UUID(str(clip_id)))
-    ).scalar_one()
     count_job("ready")
+    try:
+        created_at = db.session.execute(
+            sa.select(Clip.created_at).where(Clip.id == uuid.UUID(str(clip_id)))
+        ).scalar_one()
+    except sa.exc.SQLAlchemyError as exc:  # the clip is ready all the same
+        log.warning("%s not recorded (database: %s)", TIME_TO_READY.name, exc)
+        db.session.rollback()
+        return
     observe(TIME_TO_READY, (as_utc(ready_at) - as_utc(created_at)).total_seconds())
 
 
