@@ -164,7 +164,11 @@ def count_source_bytes(size: int) -> None:
 
 
 class StageTimer:
-    """Times a job's stages: entering a stage ends the one before, which is then observed."""
+    """Times a job's stages: entering a stage ends the one before, which is then observed.
+
+    Only the stages of ``STAGES`` are observed: a stage added to the media
+    code later is not timed until it is declared there, and never fails a job.
+    """
 
     def __init__(self) -> None:
         self.stage: str | None = None
@@ -174,7 +178,7 @@ class StageTimer:
         if stage == self.stage:
             return
         now = time.monotonic()
-        if self.stage is not None:
+        if self.stage in STAGES:
             observe(STAGE_SECONDS, now - self.began, self.stage)
         self.stage, self.began = stage, now
 
