@@ -39,7 +39,7 @@ from clipqueue.auth import presented_token, token_is_valid
 from clipqueue.jobs import get_redis
 from clipqueue.keys import CONTROL_QUEUE, DEAD_LETTER_QUEUE, JOB_QUEUE, metric_key, worker_heartbeats_key
 from clipqueue.models import CLIP_STATUSES, STATUS_FAILED, Clip, as_utc, db, utcnow
-from clipqueue.queue import oldest_waiting_clip_id, unqueued_count
+from clipqueue.queue import oldest_waiting_clip_ids, unqueued_count
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +293,8 @@ class ClipqueueCollector:
         yield from families
         yield from self._from_database(oldest_waiting)
 
-    def _from_redis(self) -> tuple[list, str | None]:
-        """What Redis holds, and the clip whose job has waited longest in the job queue."""
+    def _from_redis(self) -> tuple[list, list[str]]:
+        """What Redis holds, and the clips whose jobs have waited longest in the job queue's lists."""
         client = current_app.extensions["clipqueue.redis"]
         queues = GaugeMetricFamily("clipqueue_queue_length", "Messages waiting in a queue", labels=["queue"])
         up = GaugeMetricFamily("clipqueue_redis_up", "Whether Redis answered this scrape")
@@ -315,10 +315,10 @@ class ClipqueueCollector:
             for metric in RECORDED:
                 pipe.hgetall(metric_key(metric.name))
             answers = pipe.execute()
-            oldest_waiting = oldest_waiting_clip_id()
+            oldest_waiting = oldest_waiting_clip_ids()
         except redis.RedisError:
             up.add_metric([], 0)
-            return [up], None
+            return [up], []
         up.add_metric([], 1)
         for name, length in zip(names, answers):
             queues.add_metric([name], length)
@@ -330,7 +330,7 @@ class ClipqueueCollector:
         ]
         return [up, queues, workers, *recorded], oldest_waiting
 
-    def _from_database(self, oldest_waiting: str | None) -> list:
+    def _from_database(self, oldest_waiting: list[str]) -> list:
         up = GaugeMetricFamily("clipqueue_database_up", "Whether the database answered this scrape")
         try:
             families = list(self._database_gauges(oldest_waiting))
@@ -341,19 +341,17 @@ class ClipqueueCollector:
         up.add_metric([], 1)
         return [up, *families]
 
-    def _database_gauges(self, oldest_waiting: str | None):
+    def _database_gauges(self, oldest_waiting: list[str]):
         oldest = GaugeMetricFamily(
             "clipqueue_queue_oldest_age_seconds",
             "Seconds the oldest job waiting in a queue has waited since its latest enqueue (0: none waits)",
             labels=["queue"],
         )
-        queued_at = None
-        if oldest_waiting is not None:
-            queued_at = db.session.execute(
-                sa.select(sa.func.coalesce(Clip.enqueued_at, Clip.created_at))
-                .where(Clip.id == uuid.UUID(oldest_waiting))
-            ).scalar_one_or_none()
-        age = (utcnow() - as_utc(queued_at)).total_seconds() if queued_at is not None else 0.0
+        queued = db.session.execute(
+            sa.select(sa.func.min(sa.func.coalesce(Clip.enqueued_at, Clip.created_at)))
+            .where(Clip.id.in_([uuid.UUID(clip_id) for clip_id in oldest_waiting]))
+        ).scalar_one_or_none() if oldest_waiting else None
+        age = (utcnow() - as_utc(queued)).total_seconds() if queued is not None else 0.0
         oldest.add_metric([JOB_QUEUE], max(0.0, age))
         yield oldest
 

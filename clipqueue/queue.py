@@ -211,7 +211,18 @@ def sweep_outbox() -> int:
     return queued
 
 
-def oldest_waiting_clip_id() -> str | None:
-    """The clip whose job has waited longest in ``clip_extraction_jobs`` (kombu pushes left, pops right)."""
-    match = _EXTRACT_TASK_ID.search(get_redis().lindex(JOB_QUEUE, -1) or b"")
-    return match.group(1).decode() if match else None
+def oldest_waiting_clip_ids() -> list[str]:
+    """The clip whose job has waited longest in each list of ``clip_extraction_jobs`` (the right end)."""
+    pipe = get_redis().pipeline(transaction=False)
+    for key in job_queue_keys():
+        pipe.lindex(key, -1)
+    found = []
+    for message in pipe.execute():
+        try:
+            task = json.loads(message)["headers"]["id"] if message else ""
+        except (ValueError, TypeError, KeyError):
+            continue
+        match = _EXTRACT_TASK_ID.match(task.encode())
+        if match:
+            found.append(match.group(1).decode())
+    return found
