@@ -39,7 +39,7 @@ from clipqueue.auth import presented_token, token_is_valid
 from clipqueue.jobs import get_redis
 from clipqueue.keys import CONTROL_QUEUE, DEAD_LETTER_QUEUE, JOB_QUEUE, metric_key, worker_heartbeats_key
 from clipqueue.models import CLIP_STATUSES, STATUS_FAILED, Clip, as_utc, db, utcnow
-from clipqueue.queue import oldest_waiting_clip_ids, unqueued_count
+from clipqueue.queue import job_queue_keys, oldest_waiting_clip_ids, unqueued_count
 
 log = logging.getLogger(__name__)
 
@@ -303,13 +303,16 @@ class ClipqueueCollector:
             f"Workers consuming a queue whose heartbeat is less than {LIVE_WORKER_SECONDS:g} s old",
             labels=["queue"],
         )
-        names = (JOB_QUEUE, CONTROL_QUEUE, DEAD_LETTER_QUEUE)
+        # A queue's length counts its priority sub-lists too (kombu keeps each priority in a list of its own).
+        lists = {JOB_QUEUE: job_queue_keys(), CONTROL_QUEUE: [CONTROL_QUEUE],
+                 DEAD_LETTER_QUEUE: [DEAD_LETTER_QUEUE]}
+        keys = [key for names in lists.values() for key in names]
         consumed = (JOB_QUEUE, CONTROL_QUEUE)
         try:
             now = time.time()
             pipe = client.pipeline(transaction=False)
-            for name in names:
-                pipe.llen(name)
+            for key in keys:
+                pipe.llen(key)
             for name in consumed:
                 pipe.zcount(worker_heartbeats_key(name), now - LIVE_WORKER_SECONDS, "+inf")
             for metric in RECORDED:
@@ -320,13 +323,14 @@ class ClipqueueCollector:
             up.add_metric([], 0)
             return [up], []
         up.add_metric([], 1)
-        for name, length in zip(names, answers):
-            queues.add_metric([name], length)
-        for name, count in zip(consumed, answers[len(names):]):
+        lengths = iter(answers[:len(keys)])
+        for name, names in lists.items():
+            queues.add_metric([name], sum(next(lengths) for _ in names))
+        for name, count in zip(consumed, answers[len(keys):]):
             workers.add_metric([name], count)
         recorded = [
             _histogram(metric, _decode(raw)) if metric.buckets else _counter(metric, _decode(raw))
-            for metric, raw in zip(RECORDED, answers[len(names) + len(consumed):])
+            for metric, raw in zip(RECORDED, answers[len(keys) + len(consumed):])
         ]
         return [up, queues, workers, *recorded], oldest_waiting
 

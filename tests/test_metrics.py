@@ -41,6 +41,20 @@ def test_metrics_report_queue_depth_and_clips_by_status(service_factory):
     assert values[("clipqueue_redis_up", ())] == 1
 
 
+def test_queue_length_counts_the_messages_kombu_keeps_in_priority_sub_lists(service_factory):
+    import redis
+
+    from clipqueue.queue import job_queue_keys
+
+    service = service_factory()
+    assert service.create_clip(**GOOD).status_code == 201
+    client = redis.Redis.from_url(service.env["REDIS_URL"])
+    for key in job_queue_keys()[1:]:  # kombu's lists for priorities other than the default
+        client.lpush(key, "{}")
+    values = samples(service.client.get("/metrics"))
+    assert values[("clipqueue_queue_length", (("queue", "clip_extraction_jobs"),))] == 1 + len(job_queue_keys()[1:])
+
+
 def test_metrics_are_refused_to_remote_clients_without_a_token(service_factory):
     service = service_factory()
     remote = {"REMOTE_ADDR": "203.0.113.9"}
