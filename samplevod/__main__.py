@@ -1,4 +1,4 @@
-"""Command line: ``python -m samplevod generate DIR`` and ``python -m samplevod serve DIR``."""
+"""Command line: ``python -m samplevod generate DIR``, ``serve DIR`` and ``twitch DIR`` (a fake of Twitch)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,15 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--connection-mbps", type=float, default=None, help="bandwidth cap per connection")
     serve.add_argument("--total-mbps", type=float, default=None, help="bandwidth cap over all connections")
 
+    twitch = commands.add_parser("twitch", help="serve a generated VOD behind a loopback fake of Twitch "
+                                               "(GQL, usher, CDN) as VOD VIDEO_ID and live channel CHANNEL")
+    twitch.add_argument("dir", type=Path, help="a folder written by generate")
+    twitch.add_argument("--host", default="127.0.0.1")
+    twitch.add_argument("--port", type=int, default=8090)
+    twitch.add_argument("--video-id", default="1000000001")
+    twitch.add_argument("--channel", default="samplestreamer",
+                        help="a live channel recording the same VOD again, from the moment the fake starts")
+
     args = parser.parse_args(argv)
     if args.command == "generate":
         master = generate_hls_vod(args.dir, duration=args.duration, segment_seconds=args.segment_seconds,
@@ -45,6 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {master} and {mp4}")
         return
 
+    if args.command == "twitch":
+        return _serve_twitch(args)
+
     def bytes_per_second(mbps: float | None) -> float | None:
         return mbps * 1e6 / 8 if mbps else None
 
@@ -52,6 +64,24 @@ def main(argv: list[str] | None = None) -> None:
                          connection_bandwidth=bytes_per_second(args.connection_mbps),
                          total_bandwidth=bytes_per_second(args.total_mbps)) as server:
         print(f"serving {args.dir} at {server.url}/ (Ctrl-C to stop)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+def _serve_twitch(args: argparse.Namespace) -> None:
+    from samplevod.twitch import FakeChannel, FakeTwitch, FakeVod
+
+    live_id = str(int(args.video_id) + 1)
+    with FakeTwitch(host=args.host, port=args.port) as fake:
+        fake.state.vods[args.video_id] = FakeVod(args.dir)
+        fake.live_vod(live_id, args.dir, recorded_seconds=0)
+        fake.state.channels[args.channel.lower()] = FakeChannel(video_id=live_id)
+        print(f"fake Twitch at {fake.url}: set TWITCH_GQL_URL={fake.gql_url} TWITCH_USHER_URL={fake.usher_url}; "
+              f"clip https://www.twitch.tv/videos/{args.video_id} or the live https://www.twitch.tv/{args.channel} "
+              "(Ctrl-C to stop)", flush=True)
         try:
             while True:
                 time.sleep(3600)
