@@ -26,3 +26,11 @@ def lease_key(clip_id: str) -> str:
 def maintenance_lock_key(name: str) -> str:
     """The lock one periodic maintenance task (janitor, outbox sweep) holds while it runs."""
     return f"clipqueue:maintenance-lock:{name}"
+
+
+CANCEL_KEY_PREFIX = "clip_extraction_cancel:"
+
+
+def cancel_key(clip_id: str) -> str:
+    """Set when the clip is canceled: its running job stops at its next look (the database keeps the status)."""
+    return f"{CANCEL_KEY_PREFIX}{clip_id}"
