@@ -147,12 +147,13 @@ def check_source(vod_url: str, settings: Settings) -> None:
 
 
 def check_callback(callback_url: str, settings: Settings) -> None:
-    """Refuse a ``callback_url`` the source URL policy forbids (code ``forbidden_source``, field ``callback_url``).
+    """Refuse a ``callback_url`` the source URL policy forbids (code ``forbidden_source``).
 
     Each delivery is checked again (the name may resolve elsewhere by then).
     """
     try:
-        check_url(callback_url, SourcePolicy.from_settings(settings), dns_timeout=defaults.API_DNS_TIMEOUT_SECONDS)
+        check_url(callback_url, SourcePolicy.from_settings(settings),
+                  dns_timeout=defaults.API_DNS_TIMEOUT_SECONDS)
     except ForbiddenSource as exc:
         raise ValidationError(str(exc).replace("forbidden source", "forbidden callback_url", 1),
                               "callback_url", "forbidden_source") from exc
@@ -185,7 +186,8 @@ def _created(clip: Clip, status: int):
 def _earlier_create(key: str, clip_input: schemas.ClipRequest):
     """A retried POST: the clip its key made before, or 409 if the key now asks for another clip."""
     clip = Clip.query.filter_by(idempotency_key=key).one()
-    made = (clip.vod_url, clip.start_time, clip.end_time, clip.quality, clip.mode, clip.title, clip.callback_url)
+    made = (clip.vod_url, clip.start_time, clip.end_time, clip.quality, clip.mode, clip.title,
+            clip.callback_url)
     if clip_input.as_created != made:
         return error_response(409, "idempotency_key_reused",
                               f"{IDEMPOTENCY_HEADER} {key!r} was used for a different clip", IDEMPOTENCY_HEADER)
@@ -264,14 +266,15 @@ def cancel_clip(clip_id: str):
         return _clip_not_found(clip_id)
     if not clips.mark_canceled(key):
         clip = clips.get(key)
-        return error_response(409, "not_cancelable", f"clip is {clip.status}; only a processing clip can be canceled",
-                              "clip_id")
+        return error_response(409, "not_cancelable",
+                              f"clip is {clip.status}; only a processing clip can be canceled", "clip_id")
     return _clip_response(clips.get(key)), 202
 
 
 @bp.get("/webhooks/deliveries")
 @operation("listWebhookDeliveries", {
-    200: ("webhook deliveries, oldest first; without status, the undelivered ones", schemas.WebhookDeliveries),
+    200: ("webhook deliveries, oldest first; without status, the undelivered ones",
+          schemas.WebhookDeliveries),
     400: ("status or limit is not valid", None),
 }, query=schemas.WebhookDeliveryQuery, private=True)
 def list_webhook_deliveries():

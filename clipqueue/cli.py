@@ -110,7 +110,8 @@ def webhooks_list(status: str | None, limit: int) -> None:
 def webhooks_retry(delivery_ids: tuple[str, ...], all_failed: bool) -> None:
     """Try undelivered webhook deliveries again now, with a fresh WEBHOOK_RETRY_HOURS."""
     if all_failed:
-        delivery_ids = tuple(entry["id"] for entry in webhooks.list_deliveries((webhooks.DELIVERY_FAILED,), 100_000))
+        failed = webhooks.list_deliveries((webhooks.DELIVERY_FAILED,), 100_000)
+        delivery_ids = tuple(entry["id"] for entry in failed)
     if not delivery_ids:
         raise click.UsageError("name delivery ids, or pass --all-failed")
     for delivery_id in delivery_ids:

@@ -1,4 +1,4 @@
-"""A clip's life: ``processing`` → ``ready`` | ``failed`` | ``canceled``, and ``failed`` → ``processing`` on replay.
+"""A clip's life: ``processing`` → ``ready``, ``failed`` or ``canceled``; a replay takes ``failed`` back.
 
 This module is the only writer of a clip's status. Each transition is one
 conditional ``UPDATE`` on the clip's row, so of two writers racing (a late

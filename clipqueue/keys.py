@@ -32,5 +32,5 @@ CANCEL_KEY_PREFIX = "clip_extraction_cancel:"
 
 
 def cancel_key(clip_id: str) -> str:
-    """Set when the clip is canceled: its running job stops at its next look (the database keeps the status)."""
+    """Set when the clip is canceled: its running job stops on seeing it (the database keeps the status)."""
     return f"{CANCEL_KEY_PREFIX}{clip_id}"

@@ -124,7 +124,8 @@ class WebhookDelivery(db.Model):
     # The event's id, the same on every attempt and for every receiver of the event.
     event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
     event_type: Mapped[str] = mapped_column(sa.String(32))
-    clip_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("clips.id", ondelete="CASCADE"), index=True)
+    clip_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("clips.id", ondelete="CASCADE"),
+                                               index=True)
     # "webhook" (WEBHOOK_URL, the operator's) or "callback" (the clip's callback_url, the URL policy applies).
     target: Mapped[str] = mapped_column(sa.String(16))
     url: Mapped[str] = mapped_column(sa.Text)

@@ -146,9 +146,8 @@ class ClipRequest(BaseModel):
     def _null_is_absent(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = {key: value for key, value in data.items() if value is not None}
-            for name in ("vod_url", "callback_url"):
-                if data.get(name) == "":
-                    del data[name]
+            if data.get("vod_url") == "":
+                del data["vod_url"]
         return data
 
     @field_validator("end_time")
@@ -376,7 +375,7 @@ class WebhookDelivery(BaseModel):
 
     id: str = Field(json_schema_extra={"format": "uuid"})
     event_id: str = Field(json_schema_extra={"format": "uuid"},
-                          description="the event's id: the same on every attempt (receivers deduplicate by it)")
+                          description="the same on every attempt: receivers deduplicate by it")
     event_type: Literal["clip.ready", "clip.failed", "clip.canceled"]
     clip_id: str = Field(json_schema_extra={"format": "uuid"})
     target: Literal["webhook", "callback"] = Field(description="WEBHOOK_URL, or the clip's callback_url")

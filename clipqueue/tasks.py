@@ -34,7 +34,16 @@ from clipqueue.celery_app import AppContextTask
 from clipqueue.config import Settings
 from clipqueue.exceptions import ClipqueueError, InputError, JobCanceled, LeaseLost, TransientError
 from clipqueue.janitor import run_janitor
-from clipqueue.jobs import JOB_CANCELED, JOB_RETRYING, JOB_RUNNING, get_redis, job_logger, job_store, now_iso, worker_name
+from clipqueue.jobs import (
+    JOB_CANCELED,
+    JOB_RETRYING,
+    JOB_RUNNING,
+    get_redis,
+    job_logger,
+    job_store,
+    now_iso,
+    worker_name,
+)
 from clipqueue.keys import maintenance_lock_key
 from clipqueue.lease import JobLease
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip

@@ -121,8 +121,8 @@ def record_event(clip_id: str | uuid.UUID, event_type: str) -> list[uuid.UUID]:
     ids = []
     for target, url in targets:
         delivery = WebhookDelivery(
-            id=uuid.uuid4(), event_id=event_id, event_type=event_type, clip_id=clip.id, target=target, url=url,
-            payload=body, status=DELIVERY_PENDING, attempts=0, next_attempt_at=now, created_at=now,
+            id=uuid.uuid4(), event_id=event_id, event_type=event_type, clip_id=clip.id, target=target,
+            url=url, payload=body, status=DELIVERY_PENDING, attempts=0, next_attempt_at=now, created_at=now,
             expires_at=now + timedelta(hours=settings.webhook_retry_hours),
         )
         db.session.add(delivery)
@@ -155,7 +155,8 @@ def send_all(delivery_ids: list[uuid.UUID]) -> None:
 
 def _backoff(settings: Settings, attempts: int) -> float:
     """Seconds before attempt ``attempts + 1``: doubling from WEBHOOK_BACKOFF_SECONDS, capped, with jitter."""
-    delay = min(settings.webhook_backoff_seconds * 2 ** max(0, attempts - 1), settings.webhook_backoff_max_seconds)
+    delay = min(settings.webhook_backoff_seconds * 2 ** max(0, attempts - 1),
+                settings.webhook_backoff_max_seconds)
     return delay * random.uniform(0.9, 1.1)
 
 
@@ -213,13 +214,17 @@ def deliver(delivery_id: str) -> str:
     if not _claim(key, settings):
         return "skipped"
     delivery = db.session.get(WebhookDelivery, key, populate_existing=True)
-    prefix = f"[clip_id={delivery.clip_id}] webhook {delivery.event_type} ({delivery.target}, event {delivery.event_id})"
+    attempt = delivery.attempts + 1
+    prefix = (f"[clip_id={delivery.clip_id}] webhook {delivery.event_type} "
+              f"({delivery.target}, event {delivery.event_id})")
     started = utcnow()
     status_code, excerpt, error = None, None, None
     try:
         status_code, excerpt = _post(delivery, settings)
         if not 200 <= status_code < 300:
-            error = f"answered {status_code}" + (" (redirects are not followed)" if 300 <= status_code < 400 else "")
+            error = f"answered {status_code}"
+            if 300 <= status_code < 400:
+                error += " (redirects are not followed)"
     except (requests.RequestException, ClipqueueError, OSError, ValueError) as exc:
         error = f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
     now = utcnow()
@@ -235,7 +240,7 @@ def deliver(delivery_id: str) -> str:
         values.update(status=DELIVERY_FAILED)
         outcome = "failed"
     else:
-        next_at = min(now + timedelta(seconds=_backoff(settings, delivery.attempts + 1)),
+        next_at = min(now + timedelta(seconds=_backoff(settings, attempt)),
                       as_utc(delivery.expires_at))
         values.update(next_attempt_at=next_at)
         countdown = (next_at - now).total_seconds()
@@ -243,11 +248,11 @@ def deliver(delivery_id: str) -> str:
     db.session.execute(sa.update(WebhookDelivery).where(WebhookDelivery.id == key).values(**values))
     db.session.commit()
     if outcome == "delivered":
-        log.info("%s delivered (%s) after %d attempt(s)", prefix, status_code, delivery.attempts + 1)
+        log.info("%s delivered (%s) after %d attempt(s)", prefix, status_code, attempt)
     elif outcome == "failed":
-        log.error("%s gave up after %d attempt(s): %s", prefix, delivery.attempts + 1, error)
+        log.error("%s gave up after %d attempt(s): %s", prefix, attempt, error)
     else:
-        log.warning("%s attempt %d failed (%s); next in %.0f s", prefix, delivery.attempts + 1, error, countdown)
+        log.warning("%s attempt %d failed (%s); next in %.0f s", prefix, attempt, error, countdown)
         if countdown <= MAX_COUNTDOWN_SECONDS:
             send(key, countdown=countdown)
     return outcome
@@ -293,7 +298,8 @@ def record(delivery: WebhookDelivery) -> dict[str, Any]:
         "url": delivery.url,
         "status": delivery.status,
         "attempts": delivery.attempts,
-        "next_attempt_at": isoformat(delivery.next_attempt_at) if delivery.status == DELIVERY_PENDING else None,
+        "next_attempt_at": isoformat(delivery.next_attempt_at) if delivery.status == DELIVERY_PENDING
+        else None,
         "expires_at": isoformat(delivery.expires_at),
         "last_status_code": delivery.last_status_code,
         "last_error": delivery.last_error,
@@ -339,4 +345,3 @@ def retry(delivery_id: str) -> bool:
         log.info("[clip_id=%s] webhook delivery %s retried by an operator", delivery.clip_id, delivery.id)
         send(delivery.id)
     return changed
-

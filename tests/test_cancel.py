@@ -60,7 +60,7 @@ def test_canceled_queued_job_never_starts_and_a_second_cancel_is_a_harmless_409(
     assert service.job(clip_id)["status"] == "canceled"
 
     worker = service.start_worker()
-    wait_until(lambda: "already canceled; nothing to do" in worker.log(), 30, what="the worker to drop the job")
+    wait_until(lambda: "already canceled; nothing to do" in worker.log(), 30, what="the job dropped")
     assert service.clip(clip_id)["status"] == "canceled"
     job = service.job(clip_id)
     assert job["status"] == "canceled" and job.get("started_at") is None
@@ -75,7 +75,8 @@ def test_canceled_queued_job_never_starts_and_a_second_cancel_is_a_harmless_409(
 def test_finished_clip_cannot_be_canceled(service_factory, master_url):
     service = service_factory()
     service.start_worker()
-    clip_id = service.create_clip(vod_url=master_url, start_time=10, end_time=12, mode="copy").get_json()["clip_id"]
+    created = service.create_clip(vod_url=master_url, start_time=10, end_time=12, mode="copy")
+    clip_id = created.get_json()["clip_id"]
     assert service.wait_for_clip(clip_id)["status"] == "ready"
     response = service.client.post(f"/api/v1/clips/{clip_id}/cancel")
     assert response.status_code == 409

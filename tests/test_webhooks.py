@@ -121,11 +121,12 @@ def test_ready_event_is_signed_and_resent_with_the_same_id_until_a_receiver_that
     hooks = receiver(fail_first=2)
     service = service_factory(WEBHOOK_URL=hooks.url, **FAST_WEBHOOKS)
     service.start_worker(beat=True)
-    clip_id = service.create_clip(vod_url=master_url, start_time=10, end_time=12, mode="copy").get_json()["clip_id"]
+    created = service.create_clip(vod_url=master_url, start_time=10, end_time=12, mode="copy")
+    clip_id = created.get_json()["clip_id"]
     assert service.wait_for_clip(clip_id)["status"] == "ready"
     wait_until(lambda: len(hooks.requests) >= 2, 20, what="two refused attempts")
     hooks.stop()  # the receiver goes away: connections are refused for a while
-    wait_until(lambda: deliveries(service)[0]["attempts"] >= 4, 20, what="attempts while the receiver is away")
+    wait_until(lambda: deliveries(service)[0]["attempts"] >= 4, 20, what="attempts while it is away")
     pending = deliveries(service, "pending")
     assert len(pending) == 1 and "ConnectionError" in pending[0]["last_error"]
     hooks.start()
@@ -152,7 +153,8 @@ def test_signature_covers_the_raw_body_as_sent(service_factory, receiver):
     hooks = receiver()
     service = service_factory(WEBHOOK_URL=hooks.url, **FAST_WEBHOOKS)
     service.start_worker(queues="clipqueue_control")
-    clip_id = service.create_clip(vod_url="http://127.0.0.1:9/v.m3u8", start_time=1, end_time=3).get_json()["clip_id"]
+    created = service.create_clip(vod_url="http://127.0.0.1:9/v.m3u8", start_time=1, end_time=3)
+    clip_id = created.get_json()["clip_id"]
     assert service.client.post(f"/api/v1/clips/{clip_id}/cancel").status_code == 202
     wait_until(lambda: hooks.requests, 20, what="the canceled event")
     _path, headers, body = hooks.requests[0]
@@ -164,14 +166,16 @@ def test_signature_covers_the_raw_body_as_sent(service_factory, receiver):
     assert set(event) == {"id", "type", "created_at", "data"}
 
 
-def test_pending_delivery_survives_a_sigkilled_worker_and_a_redis_restart(service_factory, receiver, tmp_path):
+def test_pending_delivery_survives_a_sigkilled_worker_and_a_redis_restart(
+        service_factory, receiver, tmp_path):
     hooks = receiver()
     hooks.stop()  # away from the start
     private = RedisServer(tmp_path / "redis")  # no persistence: a restart loses every message
     private.start()
     try:
         service = service_factory(redis=private.url(0), WEBHOOK_URL=hooks.url,
-                                  **{**FAST_WEBHOOKS, "WEBHOOK_BACKOFF_SECONDS": "2", "WEBHOOK_BACKOFF_MAX_SECONDS": "2"})
+                                  **{**FAST_WEBHOOKS, "WEBHOOK_BACKOFF_SECONDS": "2",
+                                     "WEBHOOK_BACKOFF_MAX_SECONDS": "2"})
         victim = service.start_worker(queues="clipqueue_control")
         clip_id = service.create_clip(vod_url="http://127.0.0.1:9/v.m3u8", start_time=1,
                                       end_time=3).get_json()["clip_id"]
@@ -240,15 +244,15 @@ def test_operator_sees_failed_deliveries_and_retries_them_by_api_and_cli(service
            for _ in range(2)]
     for clip_id in ids:
         assert service.client.post(f"/api/v1/clips/{clip_id}/cancel", headers=auth).status_code == 202
-    wait_until(lambda: len(deliveries(service, "failed", token="ops-token")) == 2, 30, what="deliveries given up")
+    wait_until(lambda: len(deliveries(service, "failed", token="ops-token")) == 2, 30, what="given up")
     assert service.client.get("/api/v1/webhooks/deliveries").status_code == 401
     failed = deliveries(service, "failed", token="ops-token")
     assert {item["clip_id"] for item in failed} == set(ids)
     assert all(item["attempts"] >= 1 and item["next_attempt_at"] is None for item in failed)
 
     env = {"PATH": "/usr/bin:/bin", **service.env}
-    listed = subprocess.run([CLIPQUEUE, "webhooks", "list", "--status", "failed"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    listed = subprocess.run([CLIPQUEUE, "webhooks", "list", "--status", "failed"], env=env,
+                            capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert {json.loads(line)["id"] for line in listed.stdout.splitlines()} == {item["id"] for item in failed}
 
@@ -258,7 +262,7 @@ def test_operator_sees_failed_deliveries_and_retries_them_by_api_and_cli(service
     result = subprocess.run([CLIPQUEUE, "webhooks", "retry", failed[1]["id"]], env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and "retried" in result.stdout, result.stderr
-    wait_until(lambda: len(deliveries(service, "delivered", token="ops-token")) == 2, 20, what="retried deliveries")
+    wait_until(lambda: len(deliveries(service, "delivered", token="ops-token")) == 2, 20, what="retried")
     assert {event["id"] for _headers, event in hooks.events()} == {item["event_id"] for item in failed}
     again = service.client.post(f"/api/v1/webhooks/deliveries/{failed[0]['id']}/retry", headers=auth)
     assert again.status_code == 409
