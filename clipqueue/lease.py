@@ -101,8 +101,14 @@ class JobLease:
             log.warning("could not release %s: %s", self.key, exc)
 
     def look_for_cancel(self) -> bool:
-        """Read the clip's cancel flag; the first time it is seen, run ``on_cancel``. True once canceled."""
+        """Read the clip's cancel flag and run ``on_cancel`` once it is set; True once canceled.
+
+        Once canceled, every look runs ``on_cancel`` again: a child the job
+        started just after the first one is stopped too.
+        """
         if self.canceled.is_set():
+            if self.on_cancel is not None:
+                self.on_cancel()
             return True
         try:
             if not self.client.exists(self.cancel_key):

@@ -120,3 +120,29 @@ def test_late_finalize_never_turns_a_canceled_clip_ready(service_factory, master
         assert clips.record_output(clip_id, output) is False
         assert clips.mark_ready(clip_id, output) is False
     assert service.clip(clip_id)["status"] == "canceled"
+
+
+def test_files_stored_before_a_cancel_are_deleted_by_the_late_finalize(service_factory, master_url):
+    import boto3
+
+    from clipqueue import clips
+    from clipqueue.queue import send_finalize
+
+    service = service_factory(storage="s3")
+    s3 = boto3.client("s3", endpoint_url=service.env["S3_ENDPOINT_URL"])
+    bucket = service.env["S3_BUCKET"]
+    clip_id = service.create_clip(vod_url=master_url, start_time=10, end_time=12).get_json()["clip_id"]
+    # What a job that stored its files and kept its output, just before the cancel, leaves behind.
+    for suffix in (".mp4", ".jpg"):
+        s3.put_object(Bucket=bucket, Key=f"clips/{clip_id}{suffix}", Body=b"stored")
+    with service.app.app_context():
+        output = {"video_url": f"http://s3/clips/{clip_id}.mp4", "thumbnail_url": None}
+        assert clips.record_output(clip_id, output)
+    assert service.client.post(f"/api/v1/clips/{clip_id}/cancel").status_code == 202
+
+    service.start_worker(queues="clipqueue_control")
+    with service.app.app_context():
+        send_finalize(clip_id)
+    wait_until(lambda: not s3.list_objects_v2(Bucket=bucket).get("KeyCount"), 30, what="stored files gone")
+    clip = service.clip(clip_id)
+    assert clip["status"] == "canceled" and clip["video_url"] is None

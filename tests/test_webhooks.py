@@ -173,7 +173,7 @@ def test_pending_delivery_survives_a_sigkilled_worker_and_a_redis_restart(
     private = RedisServer(tmp_path / "redis")  # no persistence: a restart loses every message
     private.start()
     try:
-        service = service_factory(redis=private.url(0), WEBHOOK_URL=hooks.url,
+        service = service_factory(db="postgres", redis=private.url(0), WEBHOOK_URL=hooks.url,
                                   **{**FAST_WEBHOOKS, "WEBHOOK_BACKOFF_SECONDS": "2",
                                      "WEBHOOK_BACKOFF_MAX_SECONDS": "2"})
         victim = service.start_worker(queues="clipqueue_control")
