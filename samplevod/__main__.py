@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     generate.add_argument("--duration", type=float, default=60)
     generate.add_argument("--segment-seconds", type=float, default=10)
     generate.add_argument("--fmp4", action="store_true", help="fMP4 segments with #EXT-X-MAP, like current Twitch VODs")
+    generate.add_argument("--codec", choices=("h264", "hevc", "av1"), default="h264",
+                          help="hevc: x265, av1: SVT-AV1 (as Enhanced Broadcasting's renditions); use --fmp4")
     generate.add_argument("--muted", type=_int_list, default=[], help="segment numbers to name -muted, e.g. 2,3")
 
     serve = commands.add_parser("serve", help="serve a folder over HTTP with Range support")
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "generate":
         master = generate_hls_vod(args.dir, duration=args.duration, segment_seconds=args.segment_seconds,
-                                  fmp4=args.fmp4, muted_segments=args.muted, variants=DEMO_VARIANTS,
+                                  fmp4=args.fmp4, muted_segments=args.muted, codec=args.codec,
+                                  variants=DEMO_VARIANTS,
                                   preset="superfast")  # 720p at veryfast takes minutes on a small machine
         mp4 = generate_progressive_mp4(args.dir / "source.mp4", duration=args.duration)
         print(f"wrote {master} and {mp4}")

@@ -42,6 +42,7 @@ class Behaviour:
     fail_first: dict[str, int] = field(default_factory=dict)  # path -> answer fail_status this many times
     fail_status: int = 503
     not_found: set[str] = field(default_factory=set)
+    forbidden: set[str] = field(default_factory=set)  # answered 403, as Twitch does for gone "-unmuted" ones
     stall: dict[str, float] = field(default_factory=dict)  # path -> seconds to hang after the headers
     ranges: bool = True  # honour Range requests
 
@@ -136,6 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(behaviour.latency)
         if path in behaviour.not_found:
             return self._error(path, 404)
+        if path in behaviour.forbidden:
+            return self._error(path, 403)
         with self.server.lock:
             remaining = behaviour.fail_first.get(path, 0)
             if remaining > 0:

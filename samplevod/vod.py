@@ -72,9 +72,23 @@ def _sources(variant: Variant, duration: float, fps: int, audio: bool, frame_off
     return video, sound
 
 
-def _codec_args(variant: Variant, fps: int, gop_seconds: float, preset: str = "veryfast") -> dict:
+def _codec_args(variant: Variant, fps: int, gop_seconds: float, preset: str = "veryfast", codec: str = "h264",
+                open_gop: bool = False, x265_preset: str = "ultrafast") -> dict:
     args: dict = {}
-    if variant.width:
+    if variant.width and codec == "hevc":
+        # x265 like an Enhanced Broadcasting rendition: B-frames, fixed keyframe interval, tagged hvc1.
+        gop = int(round(gop_seconds * fps))
+        params = (f"bframes=4:keyint={gop}:min-keyint={gop}:scenecut=0:open-gop={int(open_gop)}"
+                  ":log-level=error")
+        args.update({
+            "c:v": "libx265", "preset": x265_preset, "x265-params": params, "b:v": variant.bandwidth,
+            "maxrate": variant.bandwidth, "bufsize": variant.bandwidth * 2, "tag:v": "hvc1", "r": fps,
+        })
+    elif variant.width and codec == "av1":
+        # SVT-AV1's fastest preset: a few seconds for a short small rendition.
+        gop = int(round(gop_seconds * fps))
+        args.update({"c:v": "libsvtav1", "preset": 12, "g": gop, "b:v": variant.bandwidth, "r": fps})
+    elif variant.width:
         gop = int(round(gop_seconds * fps))
         args.update({
             "c:v": "libx264", "preset": preset, "profile:v": "high", "bf": 3, "g": gop,
@@ -86,21 +100,23 @@ def _codec_args(variant: Variant, fps: int, gop_seconds: float, preset: str = "v
 
 
 def _encode(output: Path, variant: Variant, duration: float, fps: int, gop_seconds: float,
-            audio: bool, frame_offset: int = 0, grain: int = 0, preset: str = "veryfast", **output_args) -> None:
+            audio: bool, frame_offset: int = 0, grain: int = 0, preset: str = "veryfast", codec: str = "h264",
+            open_gop: bool = False, x265_preset: str = "ultrafast", **output_args) -> None:
     video, sound = _sources(variant, duration, fps, audio, frame_offset, grain)
     streams = [s for s in (video, sound) if s is not None]
-    args = _codec_args(variant, fps, gop_seconds, preset)
+    args = _codec_args(variant, fps, gop_seconds, preset, codec, open_gop, x265_preset)
     if sound is None:
         args.pop("c:a"), args.pop("b:a"), args.pop("ac")
     args.update(output_args)
     _run(ffmpeg.output(*streams, str(output), **args).global_args("-nostdin", "-hide_banner").overwrite_output())
 
 
-def _write_master(out_dir: Path, variants: list[Variant], fmp4: bool) -> Path:
+def _write_master(out_dir: Path, variants: list[Variant], fmp4: bool, codec: str = "h264") -> Path:
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{6 if fmp4 else 3}"]
     for v in variants:
         lines.append(f'#EXT-X-MEDIA:TYPE=VIDEO,GROUP-ID="{v.name}",NAME="{v.name}",AUTOSELECT=YES,DEFAULT=YES')
-        codecs = "mp4a.40.2" if not v.width else "avc1.64001F,mp4a.40.2"
+        video_codec = {"hevc": "hvc1.1.6.L93.B0", "av1": "av01.0.04M.08"}.get(codec, "avc1.64001F")
+        codecs = "mp4a.40.2" if not v.width else f"{video_codec},mp4a.40.2"
         resolution = f",RESOLUTION={v.width}x{v.height}" if v.width else ""
         lines.append(f'#EXT-X-STREAM-INF:BANDWIDTH={v.bandwidth}{resolution},CODECS="{codecs}",VIDEO="{v.name}"')
         lines.append(f"{v.name}/index.m3u8")
@@ -158,14 +174,21 @@ def generate_hls_vod(
     live: bool = False,
     live_segments: int = 1,
     preset: str = "veryfast",
+    codec: str = "h264",
+    open_gop: bool = False,
+    x265_preset: str = "ultrafast",
 ) -> Path:
     """Write an HLS VOD (``master.m3u8`` + ``<variant>/index.m3u8``) and return the master path.
 
-    Segments are ``<n>.ts`` (or ``<n>.m4s`` after an ``init.mp4`` with ``fmp4``);
+    Segments are ``<n>.ts`` (or ``<n>.m4s`` after an ``init-0.mp4``, as Twitch names it, with ``fmp4``);
     those in ``muted_segments`` are named ``<n>-muted.<ext>`` like Twitch's.
     With ``live`` each media playlist is an EVENT playlist without ENDLIST
     holding the first ``live_segments`` segments; publish more with
     :func:`append_live_segments`. ``preset`` is x264's (B-frames stay on with any but ultrafast).
+    ``codec`` "hevc" encodes with x265 (4 B-frames, ``x265_preset``), closed GOPs as hardware
+    encoders make unless ``open_gop``; "av1" with SVT-AV1 (use ``fmp4``: MPEG-TS cannot carry it).
+    (FFmpeg 5.1's fMP4 muxer writes a wrong composition time for an open GOP's keyframe at
+    each fragment start: use ``open_gop`` with MPEG-TS segments.)
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,8 +205,9 @@ def generate_hls_vod(
             "hls_segment_filename": str(variant_dir / f"%d.{ext}"), "hls_flags": "independent_segments",
         }
         if fmp4:
-            hls_args.update({"hls_segment_type": "fmp4", "hls_fmp4_init_filename": "init.mp4"})
-        _encode(playlist, variant, duration, fps, gop_seconds, audio, preset=preset, **hls_args)
+            hls_args.update({"hls_segment_type": "fmp4", "hls_fmp4_init_filename": "init-0.mp4"})
+        _encode(playlist, variant, duration, fps, gop_seconds, audio, preset=preset, codec=codec,
+                open_gop=open_gop, x265_preset=x265_preset, **hls_args)
         _rename_muted(variant_dir, playlist, muted, ext)
         if live:
             playlist.replace(variant_dir / FULL_PLAYLIST_NAME)
@@ -191,7 +215,7 @@ def generate_hls_vod(
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(build, chosen))
-    return _write_master(out_dir, chosen, fmp4)
+    return _write_master(out_dir, chosen, fmp4, codec)
 
 
 def append_live_segments(master: Path, count: int = 1) -> bool:

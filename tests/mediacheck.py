@@ -22,12 +22,14 @@ def stream(info: dict, kind: str) -> dict | None:
     return next((s for s in info["streams"] if s["codec_type"] == kind), None)
 
 
-def assert_playable_mp4(path: Path, expected_duration: float, tolerance: float) -> dict:
-    """An MP4 with H.264 video and AAC audio, of about the expected length, that decodes fully."""
+def assert_playable_mp4(path: Path, expected_duration: float, tolerance: float,
+                        video_codec: str = "h264") -> dict:
+    """An MP4 with H.264 (or ``video_codec``) video and AAC audio, of about the expected length, that decodes
+    fully."""
     info = ffprobe(path)
     assert "mp4" in info["format"]["format_name"]
     video, audio = stream(info, "video"), stream(info, "audio")
-    assert video is not None and video["codec_name"] == "h264"
+    assert video is not None and video["codec_name"] == video_codec
     assert audio is not None and audio["codec_name"] == "aac"
     duration = float(info["format"]["duration"])
     assert abs(duration - expected_duration) <= tolerance, (duration, expected_duration)

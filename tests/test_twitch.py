@@ -257,10 +257,10 @@ def test_a_subscriber_only_vod_is_clipped_with_twitch_oauth_token(service_factor
 
 def test_a_live_channel_clip_past_the_recordings_end_waits_then_is_ready(service_factory, twitch, muted_vod,
                                                                          tmp_path):
+    service = twitch_service(service_factory, twitch, LIVE_POLL_SECONDS="0.5")
     vod = twitch.live_vod(LIVE_ID, muted_vod, recorded_seconds=32)
     twitch.state.channels["live_streamer"] = FakeChannel(video_id=LIVE_ID)
-    service = twitch_service(service_factory, twitch, LIVE_POLL_SECONDS="0.5")
-    start, end = 31.0, 38.0  # recorded when the stream reaches 40 s: about 8 s from now
+    start, end = 31.0, 38.0  # recorded when the stream reaches 40 s: 8 s from now, not before
     created = service.create_clip(vod_url="https://www.twitch.tv/live_streamer", start_time=start, end_time=end)
     clip_id = created.get_json()["clip_id"]
     time.sleep(3)

@@ -23,8 +23,19 @@ from clipqueue.media.h264 import (
     parameter_sets,
     rate_control,
 )
-from clipqueue.media.mux import concat_listing, select_copies, select_copy, write_mp4
+from clipqueue.media import hevc
+from clipqueue.media.mux import (
+    MP4_FLAGS,
+    concat_listing,
+    ffmpeg_command,
+    keep_between,
+    select_copies,
+    select_copy,
+    ts_input,
+    write_mp4,
+)
 from clipqueue.media.packets import Streams, probe_streams
+from clipqueue.media.process import run_ffmpeg
 from clipqueue.media.source import LocalSource
 from clipqueue.media.thumbnail import thumbnail_from_source
 from clipqueue.media.timeline import (
@@ -36,6 +47,12 @@ from clipqueue.media.timeline import (
     select_frames,
     splices_cleanly,
 )
+
+
+# A clip that cannot be spliced is re-encoded whole to H.264, whatever the source's codec: x264 is several
+# times faster than x265 for the same picture (a 60 s 1080p clip in HEVC would take minutes on a small
+# worker) and H.264 plays in every browser, where HEVC does not (Firefox, Chrome without hardware support).
+REENCODE_CODEC = "h264"
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,7 @@ class CutResult:
     size_bytes: int
     method: str
     thumbnail: Path | None = None  # a JPEG of a frame of the clip, when one was asked for and made
+    codec: str | None = None  # the clip's video codec: "h264" or "hevc"; None without video
 
 
 def _audio_range(streams: Streams, low: float, high: float) -> tuple[float, float]:
@@ -58,10 +76,11 @@ def _audio_range(streams: Streams, low: float, high: float) -> tuple[float, floa
     return low - half, high - half
 
 
-def _describe(output: Path, streams: Streams, actual_start: float, actual_end: float, method: str) -> CutResult:
+def _describe(output: Path, streams: Streams, actual_start: float, actual_end: float, method: str,
+              codec: str | None = None) -> CutResult:
     width, height = streams.size or (None, None)
     return CutResult(round(actual_start, 6), round(actual_end, 6), round(actual_end - actual_start, 6),
-                     width, height, output.stat().st_size, method)
+                     width, height, output.stat().st_size, method, codec=codec)
 
 
 def cut_copy(source: LocalSource, streams: Streams, start_time: float, end_time: float,
@@ -86,8 +105,9 @@ def cut_copy(source: LocalSource, streams: Streams, start_time: float, end_time:
     select_copy(source.path, selected, **ranges)
     if while_muxing:
         while_muxing()
-    write_mp4(selected, selected if streams.audio else None, output)
-    return _describe(output, streams, timeline.vod(low), timeline.vod(high) + timeline.frame, "copy")
+    write_mp4(selected, selected if streams.audio else None, output, codec=streams.codec)
+    return _describe(output, streams, timeline.vod(low), timeline.vod(high) + timeline.frame, "copy",
+                     streams.codec)
 
 
 def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_time: float,
@@ -112,9 +132,11 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
     keys = key_indices(streams, timeline)
     inner = next((k for k in keys if first <= k <= last), None)
     encoder = None
-    if source.uniform and streams.codec == "h264" and inner is not None and splices_cleanly(streams, timeline, inner):
+    if source.uniform and streams.codec in ("h264", "hevc") and inner is not None \
+            and splices_cleanly(streams, timeline, inner):
         headers = file_headers or headers_at_key(source.path, streams, timeline.pts[inner], scratch)
-        encoder = matching_encoder(headers, streams, timeline)
+        encoder = (matching_encoder(headers, streams, timeline) if streams.codec == "h264"
+                   else hevc.matching_encoder(headers, streams))
     rate = rate_control(streams, source.path, timeline)
     parts: list[tuple[Path, float]] = []
     method = "smart_cut"
@@ -125,6 +147,13 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
         copy_end = max((p for p in closed_points(streams, timeline, inner) if p <= last), default=None)
         if copy_end is None:
             encoder = None
+    if encoder is not None and streams.codec == "hevc":
+        # x265 reproduces only headers an x265 like it wrote (not a hardware encoder's): one frame, the
+        # keyframe the copy starts with, tells before a GOP's worth of frames is encoded for nothing.
+        probe = scratch / "hevc-probe.ts"
+        if encode_frames(source, streams, timeline, inner, inner, encoder, probe) != headers:
+            encoder = None
+        probe.unlink(missing_ok=True)
     if encoder is not None:
         # Head, body, tail and audio are independent: produce them side by side.
         head, body, tail = scratch / "head.ts", scratch / "body.ts", scratch / "tail.ts"
@@ -146,7 +175,8 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
         # Room for every job at once: an early encode's job only waits for it.
         with ThreadPoolExecutor(max_workers=3) as pool:
             # The copied keyframes' own headers are read while copying: each must match the encodes'.
-            body_headers = pool.submit(select_copies, source.path, selections, headers_in=body_range)
+            body_headers = pool.submit(select_copies, source.path, selections, headers_in=body_range,
+                                       codec=streams.codec)
             encodes = []
             if first < inner:
                 encodes.append(pool.submit(encode_matching, first, inner - 1, head))
@@ -155,9 +185,9 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
             copied = body_headers.result()
             matching = all([job.result() for job in encodes])
         # Every header the copied packets carry must be the encodes'; carrying none, the splice is unchecked: re-encode.
-        copied_sets = parameter_set_list(copied)
+        copied_sets = parameter_set_list(copied, streams.codec)
         matching = matching and bool(copied_sets) and all(
-            nal == (headers.sps if kind == "sps" else headers.pps) for kind, nal in copied_sets)
+            nal == getattr(headers, kind) for kind, nal in copied_sets)
         if first < inner:
             parts.append((head, timeline.pts[inner] - timeline.pts[first]))
         parts.append((body, body_end - timeline.pts[inner]))
@@ -177,8 +207,9 @@ def cut_accurate(source: LocalSource, streams: Streams, start_time: float, end_t
         select_copy(source.path, audio, a=_audio_range(streams, low, high))
     if while_muxing:
         while_muxing()
-    write_mp4(concat_listing(parts, scratch), audio, output, video_is_concat=True)
-    return _describe(output, streams, timeline.vod(low), timeline.vod(high), method)
+    codec = streams.codec if method == "smart_cut" else REENCODE_CODEC
+    write_mp4(concat_listing(parts, scratch), audio, output, video_is_concat=True, codec=codec)
+    return _describe(output, streams, timeline.vod(low), timeline.vod(high), method, codec)
 
 
 def cut_audio(source: LocalSource, streams: Streams, start_time: float, end_time: float,
@@ -194,6 +225,42 @@ def cut_audio(source: LocalSource, streams: Streams, start_time: float, end_time
     select_copy(source.path, audio, a=(low, high))
     write_mp4(None, audio, output)
     return _describe(output, streams, timeline.vod(min(chosen)), timeline.vod(max(chosen)) + streams.audio_frame, "copy")
+
+
+def cut_from_mp4(source: LocalSource, streams: Streams, start_time: float, end_time: float, mode: str,
+                 output: Path) -> CutResult:
+    """Cut a source kept as MP4 (AV1, which MPEG-TS cannot carry) in one FFmpeg run.
+
+    "copy" copies from the keyframe at or before the start; "accurate"
+    re-encodes exactly the range's frames to H.264 (an AV1 splice would need
+    an encoder reproducing the source's sequence header). The audio packets
+    nearest the range are copied; timestamps move so the first frame is at 0.
+    """
+    timeline = build_timeline(streams, source)
+    first, last = select_frames(timeline, start_time, end_time)
+    if mode == "copy":
+        at_or_before = [k for k in key_indices(streams, timeline) if k <= first]
+        if not at_or_before:
+            raise InvalidMedia("the fetched media has no keyframe at or before the clip's start")
+        first, last = at_or_before[-1], closed_end(streams, timeline, at_or_before[-1], last)
+    low, high = timeline.pts[first], timeline.pts[last]
+    args = ffmpeg_command("-copyts", *ts_input(source.path), "-map", "0:v:0")
+    if mode == "copy":
+        args += ["-c:v", "copy", "-bsf:v", keep_between(low - 1e-4, high + 1e-4)]
+        method, codec = "copy", streams.codec
+    else:
+        half = timeline.frame / 2
+        args += ["-vf", f"select='between(pts*TB\\,{low - half:.6f}\\,{high + half:.6f})'",
+                 "-fps_mode", "passthrough", "-c:v", "libx264", "-preset", "veryfast",
+                 *rate_control(streams, source.path, timeline)]
+        method, codec = "reencode", REENCODE_CODEC
+    if streams.audio:
+        audio = _audio_range(streams, low, high + timeline.frame)
+        args += ["-map", "0:a:0", "-c:a", "copy", "-bsf:a", keep_between(*audio)]
+    args += ["-output_ts_offset", f"{-low:.6f}", "-movflags", MP4_FLAGS, "-use_editlist", "0",
+             "-f", "mp4", str(output)]
+    run_ffmpeg(args, what="cutting the clip")
+    return _describe(output, streams, timeline.vod(low), timeline.vod(high) + timeline.frame, method, codec)
 
 
 @dataclass(frozen=True)
@@ -241,6 +308,8 @@ def cut_clip(source: LocalSource, start_time: float, end_time: float, mode: str,
         streams = replace(streams, video=[], codec=None, size=None)  # as if the source had no video
     if not streams.video:
         return cut_audio(source, streams, start_time, end_time, output, scratch)
+    if source.path.suffix == ".mp4":
+        return cut_from_mp4(source, streams, start_time, end_time, mode, output)
     with ThreadPoolExecutor(max_workers=1) as pool:
         picture: list[Future] = []
 

@@ -27,6 +27,7 @@ from clipqueue.media.playlist import (
     QUALITIES,
     MediaPlaylist,
     choose_rendition,
+    cuttable_codecs,
     is_master_playlist,
     looks_like_playlist,
     muted_ranges,
@@ -189,7 +190,8 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
                 text, url = twitch or get_playlist(fetcher, url, options)
                 quality_used = None  # a media playlist names no rendition: reported from the clip below
                 if is_master_playlist(text):
-                    rendition = choose_rendition(parse_master(text, url), request.quality)
+                    rendition = choose_rendition(parse_master(text, url), request.quality,
+                                                 cuttable_codecs(options.twitch.supported_codecs))
                     quality_used = rendition.name
                     text, url = get_playlist(fetcher, rendition.url, options)
                 playlist = wait_for_range(fetcher, parse_media(text, url), request.end_time, options)
@@ -206,6 +208,7 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
                     on_progress=lambda done, total: stage("fetching", min(99, 100 * done // max(1, total))),
                     on_segment=pipeline.segment_fetched, first=pipeline.first,
                 )
+                segments = [item.segment for item in fetched]  # as fetched: "-unmuted" may have come muted
                 source = join_segments(fetched, scratch / "source")
                 prepared = pipeline.prepared(source)
             else:
@@ -244,5 +247,5 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
         actual_start_time=clip.actual_start, actual_end_time=clip.actual_end,
         duration=clip.duration, width=clip.width, height=clip.height, size_bytes=clip.size_bytes,
         muted_ranges=muted_ranges(segments, clip.actual_start, clip.actual_end), method=clip.method,
-        bytes_fetched=bytes_fetched, thumbnail=clip.thumbnail,
+        bytes_fetched=bytes_fetched, thumbnail=clip.thumbnail, codec=clip.codec,
     )

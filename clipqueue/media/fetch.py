@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -63,7 +63,11 @@ def retry_delay(attempt: int) -> float:
 
 @dataclass(frozen=True)
 class FetchedSegment:
-    """A segment on disk; fMP4 segments need their ``init_path`` in front to be read."""
+    """A segment on disk; fMP4 segments need their ``init_path`` in front to be read.
+
+    ``segment`` is the one fetched: for a Twitch ``-unmuted`` segment that was
+    refused, its ``-muted`` twin, marked muted.
+    """
 
     segment: Segment
     path: Path
@@ -83,6 +87,7 @@ class Fetcher:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._bytes = 0
+        self._unmuted_refused = False  # once an "-unmuted" segment is refused, "-muted" twins are fetched
         self._session = checked_session(pool_maxsize=self.concurrency + 2)
 
     @property
@@ -220,15 +225,22 @@ class Fetcher:
         start while the rest arrives.
         """
         dest.mkdir(parents=True, exist_ok=True)
-        init_paths: dict[str, Path] = {}
-        for url in dict.fromkeys(s.init_url for s in segments if s.init_url):
+        init_paths: dict[tuple[str, tuple[int, int] | None], Path] = {}
+        for init in dict.fromkeys((s.init_url, s.init_byterange) for s in segments if s.init_url):
             init_path = dest / f"init-{len(init_paths)}.mp4"
-            self._with_retries(lambda url=url, p=init_path: self._download_range(url, p, 0, None, None))
-            init_paths[url] = init_path
+            url, byterange = init
+            first_byte, last_byte = (byterange[0], sum(byterange) - 1) if byterange else (None, None)
+            self._with_retries(lambda url=url, p=init_path, a=first_byte, b=last_byte:
+                               self._download_range(url, p, 0, a, b))
+            init_paths[init] = init_path
         results = [
-            FetchedSegment(segment, dest / f"{index:05d}.seg", init_paths.get(segment.init_url or ""))
+            FetchedSegment(segment, dest / f"{index:05d}.seg",
+                           init_paths.get((segment.init_url, segment.init_byterange)))
             for index, segment in enumerate(segments)
         ]
+        # Twitch lists "<n>-unmuted" segments that often answer 403 while "<n>-muted" works: the first
+        # is tried (it has the sound, when Twitch still serves it), the muted twin fetched if refused.
+        urls = [segment.url for segment in segments]
         leading = [i for i in dict.fromkeys(first) if 0 <= i < len(segments)]
         trailing = [i for i in range(len(segments)) if i not in leading]
         split = len(segments) < self.concurrency
@@ -291,15 +303,33 @@ class Fetcher:
                     submit(fetch_part, index, first, last)
 
             def fetch_part(index: int, first: int, last: int) -> None:
-                url, path = segments[index].url, results[index].path
+                url, path = urls[index], results[index].path
                 self._with_retries(lambda: self._download_range(url, path, first, first, last))
                 part_done(index)
+
+            def first_request(index: int, download: Callable[[str], object]) -> None:
+                # A refused "-unmuted" segment is fetched as its muted twin; later ones go to theirs at once.
+                segment = segments[index]
+                if segment.muted_url and self._unmuted_refused:
+                    urls[index] = segment.muted_url
+                try:
+                    self._with_retries(lambda: download(urls[index]))
+                except (SourceRejected, SourceNotFound):
+                    if not segment.muted_url or urls[index] == segment.muted_url:
+                        raise
+                    self._unmuted_refused = True
+                    urls[index] = segment.muted_url
+                    self._with_retries(lambda: download(urls[index]))
+                if urls[index] != segment.url:
+                    fetched_as = replace(segment, url=urls[index], muted=True)
+                    results[index] = replace(results[index], segment=fetched_as)
 
             def fetch_whole(index: int) -> None:
                 segment, path = segments[index], results[index].path
                 if segment.byterange:
                     offset, length = segment.byterange
-                    self._with_retries(lambda: self._download_range(segment.url, path, 0, offset, offset + length - 1))
+                    last = offset + length - 1
+                    first_request(index, lambda url: self._download_range(url, path, 0, offset, last))
                 elif split:
                     # The first part's headers tell the size: the rest is spread over idle
                     # connections while this one still reads (once, whatever the retries).
@@ -312,10 +342,10 @@ class Fetcher:
                             fetch_rest(index, size, first_size)
                         leading_sized(index)
 
-                    self._with_retries(lambda: self._download_range(segment.url, path, 0, 0, first_size - 1,
-                                                                    schedule_rest))
+                    first_request(index, lambda url: self._download_range(url, path, 0, 0, first_size - 1,
+                                                                          schedule_rest))
                 else:
-                    self._with_retries(lambda: self._download_range(segment.url, path, 0, None, None))
+                    first_request(index, lambda url: self._download_range(url, path, 0, None, None))
                 leading_sized(index)
                 part_done(index)
 

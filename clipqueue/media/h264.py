@@ -16,11 +16,12 @@ from pathlib import Path
 import av
 
 from clipqueue.media.mux import copy_packet
-from clipqueue.media.packets import Streams
+from clipqueue.media.packets import Streams, demuxer
 from clipqueue.media.timeline import Timeline, gop_shape
 
 SPS_TYPE = 7
 PPS_TYPE = 8
+HEVC_PARAMETER_SET_TYPES = {32: "vps", 33: "sps", 34: "pps"}  # H.265 7.4.2.2: the NAL unit type is bits 1-6
 _START_CODE = re.compile(b"\x00\x00\x01")
 _EMULATION_PREVENTION = re.compile(b"\x00\x00\x03(?=[\x00-\x03])")
 # Profiles whose SPS carries chroma format, bit depths and scaling matrices (H.264 7.3.2.1.1).
@@ -29,16 +30,18 @@ _HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
 
 @dataclass(frozen=True)
 class ParameterSets:
-    """The first SPS and PPS of a stream as NAL units (header byte and payload, emulation prevention removed).
+    """The first SPS and PPS (and VPS, for HEVC) of a stream as NAL units (header and payload, emulation
+    prevention removed).
 
     Equal parameter sets are equal bytes. Empty (and false) when the stream carries none.
     """
 
     sps: bytes = b""
     pps: bytes = b""
+    vps: bytes = b""
 
     def __bool__(self) -> bool:
-        return bool(self.sps or self.pps)
+        return bool(self.sps or self.pps or self.vps)
 
     def fields(self) -> dict[str, dict[str, int]]:
         """The syntax elements :func:`matching_encoder` reads, by their names in the H.264 standard."""
@@ -55,18 +58,22 @@ def nal_units(data: bytes) -> list[bytes]:
     return units
 
 
-def parameter_set_list(data: bytes) -> list[tuple[str, bytes]]:
-    """Every SPS and PPS of an Annex B byte stream, in order, as ``("sps" or "pps", NAL unit)``."""
-    kinds = {SPS_TYPE: "sps", PPS_TYPE: "pps"}
-    return [(kinds[unit[0] & 0x1F], unit) for unit in nal_units(data) if unit[0] & 0x1F in kinds]
+def parameter_set_list(data: bytes, codec: str = "h264") -> list[tuple[str, bytes]]:
+    """Every parameter set of an Annex B byte stream (H.264, or HEVC with ``codec`` "hevc"), in order,
+    as ``("vps", "sps" or "pps", NAL unit)``."""
+    if codec == "hevc":
+        kinds, kind_of = HEVC_PARAMETER_SET_TYPES, (lambda unit: unit[0] >> 1 & 0x3F)
+    else:
+        kinds, kind_of = {SPS_TYPE: "sps", PPS_TYPE: "pps"}, (lambda unit: unit[0] & 0x1F)
+    return [(kinds[kind_of(unit)], unit) for unit in nal_units(data) if kind_of(unit) in kinds]
 
 
-def first_parameter_sets(data: bytes) -> ParameterSets:
-    """The first SPS and the first PPS of an Annex B byte stream."""
+def first_parameter_sets(data: bytes, codec: str = "h264") -> ParameterSets:
+    """The first SPS, PPS (and VPS) of an Annex B byte stream."""
     found: dict[str, bytes] = {}
-    for kind, unit in parameter_set_list(data):
+    for kind, unit in parameter_set_list(data, codec):
         found.setdefault(kind, unit)
-    return ParameterSets(found.get("sps", b""), found.get("pps", b""))
+    return ParameterSets(found.get("sps", b""), found.get("pps", b""), found.get("vps", b""))
 
 
 def parameter_sets(path: Path, at: float | None = None) -> ParameterSets:
@@ -76,18 +83,20 @@ def parameter_sets(path: Path, at: float | None = None) -> ParameterSets:
     packet carries none. Demuxed in this process through PyAV: cheaper than starting an ffmpeg.
     """
     try:
-        with av.open(str(path), format="mpegts", options={"protocol_whitelist": "file"}) as container:
+        with av.open(str(path), format=demuxer(path), options={"protocol_whitelist": "file"}) as container:
             if not container.streams.video:
                 return ParameterSets()
             video = container.streams.video[0]
+            codec = video.codec_context.codec.canonical_name
             base = video.time_base
             for packet in container.demux(video):
                 if packet.pts is None:
                     continue
                 if at is None or packet.pts * base.numerator / base.denominator >= at - 1e-4:
-                    own = first_parameter_sets(bytes(packet))
-                    extradata = first_parameter_sets(video.codec_context.extradata or b"")
-                    return ParameterSets(own.sps or extradata.sps, own.pps or extradata.pps)
+                    own = first_parameter_sets(bytes(packet), codec)
+                    extradata = first_parameter_sets(video.codec_context.extradata or b"", codec)
+                    return ParameterSets(own.sps or extradata.sps, own.pps or extradata.pps,
+                                         own.vps or extradata.vps)
     except av.FFmpegError:
         pass
     return ParameterSets()  # no headers to match: the caller re-encodes rather than splices

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipqueue.media.packets import Streams
+from clipqueue.media.packets import Streams, demuxer
 from clipqueue.media.process import run_ffmpeg
 from clipqueue.media.timeline import decode_index
 
@@ -26,8 +26,14 @@ def ffmpeg_command(*args: str) -> list[str]:
 
 
 def ts_input(path: Path) -> list[str]:
-    """Input options for one of our own MPEG-TS files: the file protocol and the mpegts demuxer only."""
-    return ["-protocol_whitelist", "file", "-f", "mpegts", "-i", str(path)]
+    """Input options for one of our own MPEG-TS (or, named .mp4, MP4) files: the file protocol and that
+    demuxer only."""
+    return ["-protocol_whitelist", "file", "-f", demuxer(path), "-i", str(path)]
+
+
+def keep_between(low: float, high: float) -> str:
+    """A bitstream filter passing only the packets with a timestamp in ``[low, high]`` seconds."""
+    return f"noise=drop='not(between(pts*tb\\,{low:.6f}\\,{high:.6f}))'"
 
 
 def select_copy(source: Path, out: Path, **ranges: tuple[float, float]) -> None:
@@ -36,31 +42,30 @@ def select_copy(source: Path, out: Path, **ranges: tuple[float, float]) -> None:
 
 
 def select_copies(source: Path, outputs: dict[Path, dict[str, tuple[float, float]]],
-                  headers_in: tuple[float, float] | None = None) -> bytes:
+                  headers_in: tuple[float, float] | None = None, codec: str = "h264") -> bytes:
     """:func:`select_copy` into several files in one read of ``source``: ``{out: {"v": (low, high), ...}}``.
 
     With ``headers_in=(low, high)``, also return every H.264 SPS and PPS NAL
-    unit of the video packets in that range (an Annex B byte stream), copied
-    out in the same pass; else b"".
+    unit (HEVC VPS, SPS and PPS with ``codec`` "hevc") of the video packets in
+    that range (an Annex B byte stream), copied out in the same pass; else b"".
     """
-    def keep(low: float, high: float) -> str:
-        return f"noise=drop='not(between(pts*tb\\,{low:.6f}\\,{high:.6f}))'"
-
     args = ffmpeg_command("-copyts", *ts_input(source))
     for out, ranges in outputs.items():
         for stream in ranges:
             args += ["-map", f"0:{stream}:0"]
         args += ["-c", "copy"]
         for stream, (low, high) in ranges.items():
-            args += [f"-bsf:{stream}", keep(low, high)]
+            args += [f"-bsf:{stream}", keep_between(low, high)]
         args += ["-muxdelay", "0", "-muxpreload", "0", "-f", "mpegts", str(out)]
     if headers_in is None:
         run_ffmpeg(args, what="selecting packets")
         return b""
-    # Only the parameter sets (NAL types 7 and 8) pass: a raw H.264 file of a few hundred bytes.
-    parameter_sets = next(iter(outputs)).with_suffix(".parameter-sets.h264")
-    args += ["-map", "0:v:0", "-c", "copy", "-bsf:v", f"{keep(*headers_in)},filter_units=pass_types=7|8",
-             "-f", "h264", str(parameter_sets)]
+    # Only the parameter sets (NAL types 7 and 8; HEVC's 32 to 34) pass: a raw file of a few hundred bytes.
+    types, raw = ("32|33|34", "hevc") if codec == "hevc" else ("7|8", "h264")
+    parameter_sets = next(iter(outputs)).with_suffix(f".parameter-sets.{raw}")
+    args += ["-map", "0:v:0", "-c", "copy",
+             "-bsf:v", f"{keep_between(*headers_in)},filter_units=pass_types={types}",
+             "-f", raw, str(parameter_sets)]
     run_ffmpeg(args, what="selecting packets")
     try:
         return parameter_sets.read_bytes()
@@ -68,8 +73,12 @@ def select_copies(source: Path, outputs: dict[Path, dict[str, tuple[float, float
         parameter_sets.unlink(missing_ok=True)
 
 
-def write_mp4(video: Path | None, audio: Path | None, output: Path, video_is_concat: bool = False) -> None:
-    """Write the MP4 ``output`` from a video and an audio file (the same file may hold both)."""
+def write_mp4(video: Path | None, audio: Path | None, output: Path, video_is_concat: bool = False,
+              codec: str | None = None) -> None:
+    """Write the MP4 ``output`` from a video and an audio file (the same file may hold both).
+
+    HEVC (``codec`` "hevc") is tagged ``hvc1``, as Twitch's renditions are: Apple's players refuse ``hev1``.
+    """
     args = ffmpeg_command()
     if video is not None:
         if video_is_concat:
@@ -83,6 +92,7 @@ def write_mp4(video: Path | None, audio: Path | None, output: Path, video_is_con
         args += ts_input(audio)
     args += ["-map", "0:v:0"] if video is not None else []
     args += ["-map", f"{1 if video is not None and separate_audio else 0}:a:0"] if audio is not None else []
+    args += ["-tag:v", "hvc1"] if video is not None and codec == "hevc" else []
     args += ["-c", "copy", "-movflags", MP4_FLAGS, "-use_editlist", "0", "-f", "mp4", str(output)]
     run_ffmpeg(args, what="writing the clip")
 

@@ -11,6 +11,11 @@ from clipqueue.exceptions import InvalidMedia
 from clipqueue.media.process import without_locations
 
 
+def demuxer(path: Path) -> str:
+    """FFmpeg's demuxer for one of our own source files: MPEG-TS, or MP4 (fMP4 that MPEG-TS cannot carry)."""
+    return "mov" if path.suffix == ".mp4" else "mpegts"
+
+
 @dataclass(frozen=True)
 class Packet:
     pts: float  # seconds, file timestamps
@@ -39,7 +44,7 @@ def probe_streams(path: Path) -> Streams:
     times.
     """
     try:
-        container = av.open(str(path), format="mpegts", options={"protocol_whitelist": "file"})
+        container = av.open(str(path), format=demuxer(path), options={"protocol_whitelist": "file"})
     except av.FFmpegError as exc:
         raise InvalidMedia(f"cannot read the fetched media: {without_locations(str(exc), [str(path)])}") from exc
     with container:
@@ -47,7 +52,7 @@ def probe_streams(path: Path) -> Streams:
         audio = next(iter(container.streams.audio), None)
         listed: dict[int, list[Packet]] = {s.index: [] for s in (video, audio) if s is not None}
         durations: dict[int, list[float]] = {index: [] for index in listed}
-        codec = video.codec_context.name if video else None
+        codec = video.codec_context.codec.canonical_name if video else None
         size = (video.codec_context.width, video.codec_context.height) if video and video.codec_context.width else None
         first_position = -1
         try:

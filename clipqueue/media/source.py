@@ -10,6 +10,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
+
 from clipqueue.exceptions import InvalidMedia, RangeNotInVod
 from clipqueue.media.fetch import FetchedSegment
 from clipqueue.media.h264 import parameter_sets
@@ -21,6 +23,8 @@ from clipqueue.media.timeline import build_timeline
 
 RETIME_BASE_SECONDS = 10.0  # where re-timed media starts: keeps early B-frame decode timestamps positive
 PROGRESSIVE_MARGIN_SECONDS = 2.0  # fetched past end_time so B-frames that follow it can be decoded
+TS_VIDEO_CODECS = ("h264", "hevc")  # what the joined MPEG-TS source carries and the cut handles
+MP4_VIDEO_CODECS = ("av1",)  # kept in the joined fMP4 itself (``.mp4``): FFmpeg 5.1 cannot put AV1 in MPEG-TS
 ISO_BMFF_FIRST_BOXES = {b"ftyp", b"styp", b"moof", b"moov", b"sidx", b"emsg", b"prft", b"free"}
 
 
@@ -90,6 +94,9 @@ def join_segments(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource
         runs[-1].append(item)
     if len(runs) == 1:
         return _join_run(fetched, dest_stem)
+    if _video_codec(fetched[0]) in MP4_VIDEO_CODECS:
+        raise InvalidMedia("an AV1 rendition with discontinuities cannot be cut yet; "
+                           "choose an H.264 or HEVC one")
     first_start = fetched[0].segment.start
     retimed_parts, headers = [], []
     for index, run in enumerate(runs):
@@ -131,6 +138,8 @@ def _join_run(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource:
             item.path.unlink()
     if fetched[0].init_path is None:
         path = joined.replace(dest_stem.with_suffix(".ts"))
+    elif _check_video_codec(joined) in MP4_VIDEO_CODECS:
+        path = joined.replace(dest_stem.with_suffix(".mp4"))  # cut from the fMP4 itself (cut_from_mp4)
     else:
         # One timebase (90 kHz) for every stream keeps timestamp arithmetic exact below.
         path = dest_stem.with_suffix(".ts")
@@ -139,6 +148,26 @@ def _join_run(fetched: list[FetchedSegment], dest_stem: Path) -> LocalSource:
                    what="remuxing fMP4 segments")
         joined.unlink()
     return LocalSource(path, fetched[0].segment.start)
+
+
+def _video_codec(item: FetchedSegment) -> str | None:
+    """The video codec of a fetched fMP4 segment's initialization section (None for MPEG-TS segments)."""
+    return _check_video_codec(item.init_path) if item.init_path is not None else None
+
+
+def _check_video_codec(joined: Path) -> str | None:
+    """The video codec of fMP4 media (None without video); refuse one the cut cannot handle, rather than
+    remux it into a data stream and silently lose the clip's picture."""
+    try:
+        with av.open(str(joined), format="mov", options={"protocol_whitelist": "file"}) as container:
+            video = next(iter(container.streams.video), None)
+            codec = video.codec_context.codec.canonical_name if video is not None else None
+    except av.FFmpegError as exc:
+        raise InvalidMedia("cannot read the fetched fMP4 segments") from exc
+    if codec is not None and codec not in TS_VIDEO_CODECS + MP4_VIDEO_CODECS:
+        raise InvalidMedia(f"{codec.upper()} video cannot be cut yet; choose an H.264, HEVC or AV1 rendition "
+                           "(quality of another variant)")
+    return codec
 
 
 def fetch_progressive_window(relay_url: str, start_time: float, end_time: float, dest_stem: Path,

@@ -64,7 +64,7 @@ def thumbnail_from_source(source: LocalSource, streams: Streams, start_time: flo
     "copy" clip also starts with the keyframe at or before ``start_time``: a
     clip shorter than a GOP gets that one.
     """
-    if source.joined_runs:
+    if source.joined_runs or source.path.suffix != ".ts":  # keyframe bytes are only cut out of MPEG-TS
         return None
     timeline = build_timeline(streams, source)
     first, last = select_frames(timeline, start_time, end_time)

@@ -40,10 +40,19 @@ def build_timeline(streams: Streams, source: LocalSource) -> Timeline:
     if source.zero_pts is not None:
         zero = source.zero_pts
     else:
-        first_key = next((i for i, p in enumerate(streams.video) if p.key), 0)
-        second_key = next((i for i, p in enumerate(streams.video) if p.key and i > first_key), len(streams.video))
-        zero = min(p.pts for p in streams.video[first_key:second_key])
+        zero = segment_start_pts(streams)
     return Timeline(pts, zero, source.vod_offset, frame)
+
+
+def segment_start_pts(streams: Streams) -> float:
+    """The display time of the frame a segmenter starts a segment with: its first keyframe in decode order.
+
+    Not the earliest display time after it: an open GOP's leading pictures
+    (HEVC RASL frames, x265's default) follow the keyframe in decode order but
+    are shown before it, as the previous segment's last frames; anchoring on
+    them put every frame of a clip several frames early.
+    """
+    return next((p.pts for p in streams.video if p.key), streams.video[0].pts)
 
 
 def key_indices(streams: Streams, timeline: Timeline) -> list[int]:
@@ -88,6 +97,8 @@ def closed_packets(streams: Streams, timeline: Timeline, key_index: int):
     start = decode_index(streams, key_pts)
     count, highest = 0, key_index
     for position in range(start, len(streams.video)):
+        if streams.video[position].pts < key_pts:
+            continue  # a leading picture of an open GOP's keyframe: not decodable from it, never shown
         count += 1
         highest = max(highest, index_of[streams.video[position].pts])
         if highest - key_index + 1 == count:

@@ -29,6 +29,16 @@ def media_root(tmp_path_factory) -> Path:
     generate_hls_vod(root / "ts", duration=40, muted_segments=[MUTED_SEGMENT], fps=FPS)
     generate_hls_vod(root / "fmp4", duration=40, fmp4=True, muted_segments=[MUTED_SEGMENT], fps=FPS)
     generate_progressive_mp4(root / "source.mp4", duration=20, fps=FPS)
+    # Enhanced Broadcasting-like renditions, small so they encode in seconds: HEVC (x265, 4 B-frames,
+    # 2 s GOPs) in fMP4 with closed GOPs as hardware encoders make them and in MPEG-TS with x265's
+    # default open GOPs; AV1 (SVT-AV1) in fMP4.
+    small_variants = (("180p", 320, 180, 250_000),)
+    generate_hls_vod(root / "hevc", duration=18, segment_seconds=6, variants=small_variants, fmp4=True,
+                     codec="hevc", fps=FPS)
+    generate_hls_vod(root / "hevc-open-gop", duration=18, segment_seconds=6, variants=small_variants,
+                     codec="hevc", open_gop=True, fps=FPS)
+    generate_hls_vod(root / "av1", duration=18, segment_seconds=6, variants=small_variants, fmp4=True,
+                     codec="av1", fps=FPS)
     return root
 
 

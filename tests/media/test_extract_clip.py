@@ -26,6 +26,7 @@ def test_copy_mode_starts_on_the_keyframe_at_or_before_start_and_covers_the_rang
     assert result.actual_start_time == pytest.approx(shown[0] / FPS)
     assert result.actual_end_time == pytest.approx((shown[-1] + 1) / FPS)
     assert result.method == "copy"
+    assert result.codec == "h264"
 
 
 def test_missing_playlist_raises_source_not_found(fresh_server, options, tmp_path):
@@ -56,6 +57,7 @@ def test_accurate_mode_shows_exactly_the_asked_frames_from_a_keyframe(fresh_serv
     assert result.actual_start_time == pytest.approx(start, abs=1 / FPS)
     assert result.actual_end_time == pytest.approx(end, abs=1 / FPS)
     assert result.method in ("smart_cut", "reencode")
+    assert result.codec == "h264"
 
 
 def test_audio_only_quality_gives_an_audio_clip_of_the_range(tmp_path_factory, options, tmp_path):
@@ -68,6 +70,7 @@ def test_audio_only_quality_gives_an_audio_clip_of_the_range(tmp_path_factory, o
         result = extract_clip(ClipRequest(f"{server.url}/master.m3u8", 4.5, 12.0, quality="audio_only"), tmp_path, options)
     assert result.quality_used == "audio_only"
     assert result.width is None
+    assert result.codec is None
     assert result.actual_start_time == pytest.approx(4.5, abs=0.03)
     assert result.actual_end_time == pytest.approx(12.0, abs=0.03)
 
