@@ -101,6 +101,7 @@ def test_canceled_running_job_stops_within_seconds_its_ffmpeg_killed_scratch_rem
     stopped_in = time.monotonic() - canceled_at
     wait_until(lambda: "job stopped: the clip was canceled" in worker.log(), 10, what="the job to stop")
 
+    print(f"\ncancel: the job's FFmpeg and scratch folder gone {stopped_in:.2f} s after the cancel")
     assert stopped_in < 5, f"the job took {stopped_in:.1f} s to stop"
     assert service.clip(clip_id)["status"] == "canceled"
     assert service.job(clip_id)["status"] == "canceled"

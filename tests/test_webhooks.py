@@ -136,34 +136,17 @@ def test_ready_event_is_signed_and_resent_with_the_same_id_until_a_receiver_that
     received = hooks.events()
     assert len(received) >= 3
     assert {event["id"] for _headers, event in received} == {received[0][1]["id"]}
-    for headers, event in received:
-        raw = json.dumps(event, separators=(",", ":")).encode()
+    for _path, headers, raw in hooks.requests:
         assert verify_signature(SECRET, headers["Clipqueue-Signature"], raw)
         assert not verify_signature("another secret", headers["Clipqueue-Signature"], raw)
+        assert not verify_signature(SECRET, headers["Clipqueue-Signature"], raw + b" ")
     headers, event = received[-1]
-    assert event["type"] == "clip.ready"
+    assert set(event) == {"id", "type", "created_at", "data"} and event["type"] == "clip.ready"
     assert event["data"]["clip_id"] == clip_id and event["data"]["status"] == "ready"
     assert event["data"]["video_url"].endswith(f"clips/{clip_id}.mp4")
     delivered = deliveries(service, "delivered")[0]
     assert delivered["event_id"] == event["id"] and delivered["last_status_code"] == 200
     assert delivered["attempts"] > len(received)  # the refused connections count as attempts too
-
-
-def test_signature_covers_the_raw_body_as_sent(service_factory, receiver):
-    hooks = receiver()
-    service = service_factory(WEBHOOK_URL=hooks.url, **FAST_WEBHOOKS)
-    service.start_worker(queues="clipqueue_control")
-    created = service.create_clip(vod_url="http://127.0.0.1:9/v.m3u8", start_time=1, end_time=3)
-    clip_id = created.get_json()["clip_id"]
-    assert service.client.post(f"/api/v1/clips/{clip_id}/cancel").status_code == 202
-    wait_until(lambda: hooks.requests, 20, what="the canceled event")
-    _path, headers, body = hooks.requests[0]
-    verify_signature = readme_verifier()
-    assert verify_signature(SECRET, headers["Clipqueue-Signature"], body)
-    assert not verify_signature(SECRET, headers["Clipqueue-Signature"], body + b" ")
-    event = json.loads(body)
-    assert event["type"] == "clip.canceled" and event["data"]["status"] == "canceled"
-    assert set(event) == {"id", "type", "created_at", "data"}
 
 
 def test_pending_delivery_survives_a_sigkilled_worker_and_a_redis_restart(
@@ -187,8 +170,7 @@ def test_pending_delivery_survives_a_sigkilled_worker_and_a_redis_restart(
         private.stop()
         private.start()
         hooks.start()
-        service.start_worker(name="survivor", queues="clipqueue_control")
-        service.start_beat()
+        service.start_worker(name="survivor", queues="clipqueue_control", beat=True)
         wait_until(lambda: hooks.requests, 30, what="the delivery after the kill and the restart")
     finally:
         private.stop()
