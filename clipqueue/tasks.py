@@ -190,7 +190,9 @@ def process_clip(self, clip_id: str) -> StoredClip | None:
             stored = _produce(clip_id, request, settings, store, lease.check)
             lease.check(renew=True)
             if not _keep_output(jlog, clip_id, stored):
-                discard_output(clip_id, settings)
+                # Only a canceled clip's files go: a clip another delivery made ready has the same keys.
+                if clips.get(clip_id).status == STATUS_CANCELED:
+                    _stopped_by_cancel(jlog, clip_id, settings, store)
                 return None
         except JobCanceled:
             _stopped_by_cancel(jlog, clip_id, settings, store)
