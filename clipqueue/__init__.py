@@ -34,7 +34,23 @@ def _engine_options(database_url: str) -> dict:
     if database_url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30}}
     # pre_ping replaces connections the server dropped (restart, failover).
-    return {"pool_pre_ping": True, "pool_recycle": 1800}
+    options = {"pool_pre_ping": True, "pool_recycle": 1800}
+    if database_url.startswith("postgresql"):
+        # A server that does not answer fails a connection attempt instead of hanging it.
+        options["connect_args"] = {"connect_timeout": 5}
+    return options
+
+
+def _cooperative_postgres() -> None:
+    """Under gunicorn's gevent worker, let psycopg2 wait on PostgreSQL without blocking every greenlet."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return
+    if monkey.is_module_patched("socket"):
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
 
 
 def create_app(env: Mapping[str, str] | None = None) -> Flask:
@@ -44,7 +60,10 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     from clipqueue.metrics import metrics_bp
     from clipqueue.models import db
     from clipqueue.openapi import openapi_bp
+    from clipqueue.probes import probe_redis_client, probes_bp
+    from clipqueue.publicurl import Publisher, web_base_url
     from clipqueue.ratelimit import init_rate_limits
+    from clipqueue.streams import clip_events  # noqa: F401 - adds the event streams to the API blueprint
 
     settings = Settings.from_env(env)
     app = Flask(__name__)
@@ -63,16 +82,21 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    _cooperative_postgres()
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     app.extensions["clipqueue.redis"] = redis.Redis.from_url(
         settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
     )
+    app.extensions["clipqueue.probe_redis"] = probe_redis_client(settings.redis_url)
     celery_init_app(app, settings)
 
     app.register_blueprint(bp)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(metrics_bp)
+    app.register_blueprint(probes_bp)
+    # Workers link local storage under web's address unless PUBLIC_BASE_URL tells them (clipqueue.publicurl).
+    app.before_request(Publisher(app.extensions["clipqueue.probe_redis"], web_base_url(settings)))
     init_rate_limits(app, settings)
     register_error_handlers(app)
 
@@ -81,9 +105,5 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
         def media(key: str):
             """Serve local storage (a CDN or S3 does this in larger deployments)."""
             return send_from_directory(settings.storage_local_dir, key, max_age=3600)
-
-    @app.get("/healthz")
-    def healthz():
-        return {"status": "ok"}
 
     return app

@@ -7,6 +7,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, worker_p
 from flask import Flask
 
 from clipqueue.config import Settings
+from clipqueue.heartbeat import WorkerHeartbeat
 from clipqueue.jobs import ClipIdLogFilter, current_clip_id
 from clipqueue.keys import CONTROL_QUEUE
 from clipqueue.logs import quiet_periodic_task_logs
@@ -74,6 +75,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
         },
     )
     quiet_periodic_task_logs(celery)
+    celery.steps["worker"].add(WorkerHeartbeat)
     celery.flask_app = app
     celery.set_default()
     app.extensions["celery"] = celery

@@ -38,6 +38,23 @@ def worker(concurrency: int, loglevel: str) -> None:
     raise SystemExit(run(concurrency, loglevel))
 
 
+@main.command("worker-health")
+@click.option("--max-age", type=float, default=None,
+              help="Seconds since a worker's last heartbeat that still count as alive "
+                   "(default: WORKER_HEARTBEAT_MAX_AGE_SECONDS).")
+def worker_health(max_age: float | None) -> None:
+    """Exit 0 if every worker on this host beat recently, 1 if not (a liveness probe; no app is loaded)."""
+    from clipqueue.config import Settings
+    from clipqueue.heartbeat import check, heartbeat_dir
+
+    settings = Settings.from_env()
+    healthy, lines = check(heartbeat_dir(settings.worker_heartbeat_dir),
+                           settings.worker_heartbeat_max_age_seconds if max_age is None else max_age)
+    for line in lines:
+        click.echo(line, err=not healthy)
+    raise SystemExit(0 if healthy else 1)
+
+
 @main.group("dead-letter")
 def dead_letter() -> None:
     """Inspect and replay jobs that failed for good."""

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     twitch_client_id: str = defaults.TWITCH_CLIENT_ID
     twitch_oauth_token: str = defaults.TWITCH_OAUTH_TOKEN
     twitch_supported_codecs: CommaList = defaults.TWITCH_SUPPORTED_CODECS
+    events_heartbeat_seconds: float = defaults.EVENTS_HEARTBEAT_SECONDS
+    worker_heartbeat_dir: str = defaults.WORKER_HEARTBEAT_DIR
+    worker_heartbeat_seconds: float = defaults.WORKER_HEARTBEAT_SECONDS
+    worker_heartbeat_max_age_seconds: float = defaults.WORKER_HEARTBEAT_MAX_AGE_SECONDS
     webhook_url: str = defaults.WEBHOOK_URL
     webhook_secret: str = defaults.WEBHOOK_SECRET
     webhook_retry_hours: float = defaults.WEBHOOK_RETRY_HOURS

@@ -14,7 +14,8 @@ REDIS_SOCKET_TIMEOUT = 5.0
 DATABASE_URL = "sqlite:///clipqueue.db"
 
 STORAGE_LOCAL_DIR = "media"
-PUBLIC_BASE_URL = "http://localhost:8000"
+# Empty: web's http://localhost:$PORT, which web publishes for workers (clipqueue.publicurl).
+PUBLIC_BASE_URL = ""
 SCRATCH_DIR = ""  # empty: the system temporary folder
 
 # S3 storage instead of the local folder when S3_BUCKET is set; S3_ENDPOINT_URL
@@ -47,8 +48,9 @@ JOB_HARD_TIME_LIMIT_SECONDS = 660
 # Delivery: a running job holds a lease renewed by a heartbeat. Celery's Redis
 # transport gives an unacknowledged job back after the visibility timeout (it
 # must exceed the longest retry countdown); the janitor re-queues jobs whose
-# lease expired, at most MAX_REDELIVERIES times, and fails clips still
-# processing after PROCESSING_DEADLINE_SECONDS.
+# lease expired, at most MAX_REDELIVERIES times, and jobs whose message is
+# nowhere; it searches the whole queue at least every PROCESSING_DEADLINE_SECONDS
+# (clipqueue.janitor).
 LEASE_TTL_SECONDS = 30.0
 # 0: derived from the time limits (clipqueue.celery_app.visibility_timeout); a larger value is kept.
 VISIBILITY_TIMEOUT_SECONDS = 0
@@ -102,6 +104,25 @@ TWITCH_CLIENT_ID = "kimne78kx3ncx6brgo4mv6wki5h1ko"  # the web player's public c
 TWITCH_OAUTH_TOKEN = ""  # a subscriber's token, sent as "Authorization: OAuth <token>", for sub-only VODs
 # Codecs usher may offer, in the order a rendition of the asked height is chosen.
 TWITCH_SUPPORTED_CODECS = "av1,h265,h264"
+
+# Event streams (SSE and WebSocket): a comment line this often keeps idle streams open through proxies.
+EVENTS_HEARTBEAT_SECONDS = 15.0
+# Entries kept (approximately) in the stream of every clip's changes and in each clip's own stream:
+# a client that reconnects with Last-Event-ID within them misses nothing.
+EVENTS_STREAM_MAXLEN = 10_000
+CLIP_EVENTS_MAXLEN = 1_000
+# A finished job's own stream is kept this long (its hash, the job's TTL): long enough for a
+# watcher to come back for what it missed, short enough that a week of clips costs little memory.
+CLIP_EVENTS_FINISHED_TTL_SECONDS = 3600
+
+# Readiness (GET /readyz): each check of Redis and the database gets at most this long.
+PROBE_TIMEOUT_SECONDS = 2.0
+# Worker liveness: each Celery worker touches a file in WORKER_HEARTBEAT_DIR (empty:
+# {temp}/clipqueue-worker-heartbeats) every WORKER_HEARTBEAT_SECONDS from a thread;
+# `clipqueue worker-health` fails when one is older than WORKER_HEARTBEAT_MAX_AGE_SECONDS.
+WORKER_HEARTBEAT_DIR = ""
+WORKER_HEARTBEAT_SECONDS = 5.0
+WORKER_HEARTBEAT_MAX_AGE_SECONDS = 30.0
 
 # Webhooks: clip.ready, clip.failed and clip.canceled POSTed to WEBHOOK_URL (signed with
 # WEBHOOK_SECRET, which WEBHOOK_URL needs) and to a clip's own callback_url. A failed attempt is

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from flask import current_app
 
+from clipqueue.events import write_job
 from clipqueue.exceptions import TransientError
 from clipqueue.keys import job_key
 
@@ -81,7 +82,11 @@ def job_logger(logger: logging.Logger, clip_id: str) -> logging.LoggerAdapter:
 
 
 class JobStore:
-    """Reads and writes job metadata hashes; every write refreshes the TTL."""
+    """Reads and writes job metadata hashes; every write refreshes the TTL and publishes the record.
+
+    Writes go through :func:`clipqueue.events.write_job`, so each change is an event
+    (SSE, WebSocket) in the same Redis step, and ``progress`` never goes down within an attempt.
+    """
 
     def __init__(self, client: redis.Redis, ttl_seconds: int):
         self.client = client
@@ -98,12 +103,7 @@ class JobStore:
             "attempts": 0,
             **fields,
         }
-        key = job_key(clip_id)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(key)
-        pipe.hset(key, mapping=_encode(record))
-        pipe.expire(key, self.ttl_seconds)
-        pipe.execute()
+        write_job(self.client, clip_id, _encode(record), self.ttl_seconds, fresh=True)
 
     def update(self, clip_id: str, required: bool = False, **fields: Any) -> bool:
         """Write ``fields`` (and ``updated_at``), retrying briefly if Redis is restarting.
@@ -112,14 +112,10 @@ class JobStore:
         that still fails is logged and skipped; with ``required`` it raises
         ``TransientError`` so the task is retried.
         """
-        key = job_key(clip_id)
         mapping = _encode({"clip_id": clip_id, **fields, "updated_at": now_iso()})
         for attempt in range(UPDATE_ATTEMPTS):
             try:
-                pipe = self.client.pipeline(transaction=True)
-                pipe.hset(key, mapping=mapping)
-                pipe.expire(key, self.ttl_seconds)
-                pipe.execute()
+                write_job(self.client, clip_id, mapping, self.ttl_seconds)
                 return True
             except redis.RedisError as exc:
                 error = exc

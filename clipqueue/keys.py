@@ -28,6 +28,24 @@ def maintenance_lock_key(name: str) -> str:
     return f"clipqueue:maintenance-lock:{name}"
 
 
+# Every job's changes, in order (a Redis stream); its entry ids are the SSE event ids.
+EVENTS_STREAM = "clip_extraction_events"
+CLIP_EVENTS_PREFIX = "clip_extraction_events:"
+
+
+def clip_events_key(clip_id: str) -> str:
+    """One clip's job changes (a Redis stream with the job's TTL), under the ids of ``EVENTS_STREAM``."""
+    return f"{CLIP_EVENTS_PREFIX}{clip_id}"
+
+
+WORKER_ALIVE_PREFIX = "clipqueue:worker-alive:"
+
+
+def worker_alive_key(nodename: str) -> str:
+    """Present while the Celery worker ``nodename`` beats (it expires when the worker is gone)."""
+    return f"{WORKER_ALIVE_PREFIX}{nodename}"
+
+
 CANCEL_KEY_PREFIX = "clip_extraction_cancel:"
 
 

@@ -23,22 +23,26 @@ from collections.abc import Callable
 import redis
 
 from clipqueue.exceptions import JobCanceled, LeaseLost
-from clipqueue.keys import cancel_key, lease_key
+from clipqueue.jobs import now_iso
+from clipqueue.keys import cancel_key, job_key, lease_key
 
 log = logging.getLogger(__name__)
 
 # Renew or release only a lease we still hold (compare the token, then act).
 # A lease that vanished (Redis restarted without persistence) is taken again.
+# Each renewal also stamps the job's metadata with ``heartbeat_at`` (if it still
+# exists): after the worker is gone, its last beat next to ``started_at`` tells
+# a job killed at its hard time limit from a worker lost mid-job.
 _RENEW = """
 local holder = redis.call('get', KEYS[1])
-if holder == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
+if holder and holder ~= ARGV[1] then
+  return 0
 end
-if not holder then
-  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('exists', KEYS[2]) == 1 then
+  redis.call('hset', KEYS[2], 'heartbeat_at', ARGV[3])
 end
-return 0
+return 1
 """
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -56,6 +60,7 @@ class JobLease:
         self.client = client
         self.key = lease_key(clip_id)
         self.cancel_key = cancel_key(clip_id)
+        self.job_key = job_key(clip_id)
         self.ttl_ms = int(ttl_seconds * 1000)
         self.token = f"{owner}:{uuid.uuid4().hex}"
         self.lost = threading.Event()
@@ -70,7 +75,7 @@ class JobLease:
         return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
 
     def renew(self) -> bool:
-        return bool(self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
+        return bool(self.client.eval(_RENEW, 2, self.key, self.job_key, self.token, self.ttl_ms, now_iso()))
 
     def check(self, renew: bool = False) -> None:
         """Raise ``LeaseLost`` if another delivery may run this job now.

@@ -47,13 +47,14 @@ class Operation:
     """What the document says about one view: its answers and what it reads.
 
     ``responses`` maps a status to ``(description, model)``; ``model`` None
-    means the error format, ``dict`` any JSON object. ``body``: the request
+    means the error format, ``dict`` any JSON object, a string a stream's
+    media type (``""``: no body, a WebSocket's 101). ``body``: the request
     body is the clip request (its model built per deployment). ``private``
     reads need the bearer token when ``API_TOKENS`` is set, as every write does.
     """
 
     operation_id: str
-    responses: dict[int, tuple[str, type | None]]
+    responses: dict[int, tuple[str, type | str | None]]
     summary: str = ""
     body: bool = False
     query: type[BaseModel] | None = None
@@ -114,6 +115,11 @@ def _operation_document(op: Operation, method: str, variables: list[str], settin
     error = _ref(ErrorBody, schemas)
     responses: dict[str, Any] = {}
     for status, (description, model) in op.responses.items():
+        if isinstance(model, str):
+            # A stream: its media type (text/event-stream), or none for a WebSocket's 101.
+            content = {model: {"schema": {"type": "string"}}} if model else {}
+            responses[str(status)] = {"description": description, **({"content": content} if content else {})}
+            continue
         schema = error if model is None else {"type": "object"} if model is dict else _ref(model, schemas)
         responses[str(status)] = {"description": description, "content": _content(schema)}
     needs_token = bool(settings.api_tokens) and op.needs_token(method)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -90,22 +91,80 @@ def requeue_job(clip: Clip, reason: str) -> None:
     job_logger(log, clip_id).warning("job re-queued (%s), redeliveries so far %d", reason, clip.redeliveries)
 
 
-_EXTRACT_TASK_ID = re.compile(rb"clip-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-extract-")
-_SCAN_CHUNK = 500
+_EXTRACT_TASK_ID = re.compile(
+    rb"^clip-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-extract-")
+_SCAN_CHUNK = 1000
+# kombu's Redis transport keeps a queue's messages of priority p > 0 in "{queue}\x06\x16{p}".
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITY_STEPS = (3, 6, 9)
+# kombu's Redis transport keeps each delivered, unacknowledged message (prefetched,
+# running, or waiting for its ETA/countdown) in this hash until it is acknowledged.
+UNACKED_KEY = "unacked"
+
+# Read a slice of a list inside Redis and return only the clip ids of the extract
+# jobs in it (from each message's task id, ``headers.id`` in Celery's protocol 2):
+# a scan of thousands of messages moves 36 bytes per job, not whole messages.
+_LIST_SLICE = """
+local messages = redis.call('lrange', KEYS[1], ARGV[1], ARGV[2])
+local found = {}
+for _, message in ipairs(messages) do
+  local ok, decoded = pcall(cjson.decode, message)
+  if ok and type(decoded) == 'table' and type(decoded.headers) == 'table'
+      and type(decoded.headers.id) == 'string' then
+    local id = string.match(decoded.headers.id, '^clip%-([%x%-]+)%-extract%-')
+    if id then found[#found + 1] = id end
+  end
+end
+return {#messages, found}
+"""
+
+
+def job_queue_keys() -> list[str]:
+    """The Redis lists of ``clip_extraction_jobs``: the queue and its priority sub-lists."""
+    return [JOB_QUEUE, *(f"{JOB_QUEUE}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)]
+
+
+def queued_message_count() -> int:
+    """Messages waiting in ``clip_extraction_jobs`` at every priority (a few LLENs)."""
+    pipe = get_redis().pipeline(transaction=False)
+    for key in job_queue_keys():
+        pipe.llen(key)
+    return sum(pipe.execute())
 
 
 def waiting_clip_ids() -> set[str]:
-    """The clips whose job message waits in ``clip_extraction_jobs`` now (one pass over the list)."""
+    """The clips whose job message waits in ``clip_extraction_jobs`` (one pass in slices, inside Redis)."""
     client = get_redis()
+    script = client.register_script(_LIST_SLICE)
     found: set[str] = set()
-    start = 0
-    while True:
-        messages = client.lrange(JOB_QUEUE, start, start + _SCAN_CHUNK - 1)
-        for message in messages:
-            found.update(match.decode() for match in _EXTRACT_TASK_ID.findall(message))
-        if len(messages) < _SCAN_CHUNK:
-            return found
-        start += _SCAN_CHUNK
+    for key in job_queue_keys():
+        start = 0
+        while True:
+            count, ids = script(keys=[key], args=[start, start + _SCAN_CHUNK - 1])
+            found.update(i.decode() if isinstance(i, bytes) else i for i in ids)
+            if count < _SCAN_CHUNK:
+                break
+            start += _SCAN_CHUNK
+    return found
+
+
+def unacked_clip_ids() -> set[str]:
+    """The clips whose job message a worker holds, delivered but not acknowledged (kombu's ``unacked``).
+
+    Its size is what workers hold: their prefetched and running jobs, and
+    retries waiting for their countdown.
+    """
+    found: set[str] = set()
+    for _tag, entry in get_redis().hscan_iter(UNACKED_KEY, count=500):
+        try:
+            message, _exchange, routing_key = json.loads(entry)
+            task = message["headers"]["id"]
+        except (ValueError, TypeError, KeyError):
+            continue
+        match = _EXTRACT_TASK_ID.match(task.encode()) if routing_key == JOB_QUEUE else None
+        if match:
+            found.add(match.group(1).decode())
+    return found
 
 
 def pending_count() -> int:

@@ -131,9 +131,10 @@ def _classify_client_error(exc) -> Exception:
     return StorageRejected(message)
 
 
-def storage_from_settings(settings: Settings) -> Storage:
-    """S3 when ``S3_BUCKET`` is set, else the local folder."""
+def storage_from_settings(settings: Settings, public_base_url: str | None = None) -> Storage:
+    """S3 when ``S3_BUCKET`` is set, else the local folder, linked under ``public_base_url``
+    (default ``PUBLIC_BASE_URL``; see :mod:`clipqueue.publicurl`)."""
     if settings.s3_bucket:
         return S3Storage(settings.s3_bucket, settings.s3_endpoint_url, settings.cdn_base_url)
-    base = settings.cdn_base_url or f"{settings.public_base_url}/media"
+    base = settings.cdn_base_url or f"{public_base_url or settings.public_base_url}/media"
     return LocalStorage(settings.storage_local_dir, base)

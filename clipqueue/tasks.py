@@ -25,7 +25,7 @@ from typing import Any, TypedDict
 import redis
 import sqlalchemy as sa
 from celery import Celery
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from flask import current_app
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -51,6 +51,7 @@ from clipqueue.media.process import kill_running
 from clipqueue.media.thumbnail import make_thumbnail
 from clipqueue.models import STATUS_CANCELED, STATUS_PROCESSING, db
 from clipqueue.queue import FINALIZE_TASK, JANITOR_TASK, PROCESS_TASK, SWEEP_OUTBOX_TASK, sweep_outbox
+from clipqueue.publicurl import links_base_url
 from clipqueue.storage import object_key, storage_from_settings
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,10 @@ RETRYABLE = (
     BrokerError, subprocess.TimeoutExpired,
 )
 
-# Share of the progress bar that fetching and cutting take up, and the smallest step written.
-_EXTRACT_SHARE = 0.8
-_PROGRESS_STEP = 10
+# The part of the progress bar each extraction stage fills (thumbnail 85, upload 90 and finalizing
+# 95 follow), and the smallest step written.
+_STAGE_BANDS = {"fetching": (0, 60), "cutting": (60, 80)}
+_PROGRESS_STEP = 5
 SCRATCH_PREFIX = "clip-"
 
 
@@ -88,6 +90,8 @@ def describe_error(exc: BaseException) -> str:
     """A readable reason for the clip record and the dead-letter queue."""
     if isinstance(exc, SoftTimeLimitExceeded):
         return "job exceeded its time limit"
+    if isinstance(exc, TimeLimitExceeded):
+        return f"job exceeded its time limit (killed at the hard limit, {exc})"
     if isinstance(exc, ClipqueueError):
         return str(exc)
     if isinstance(exc, sa.exc.OperationalError):
@@ -99,7 +103,7 @@ def describe_error(exc: BaseException) -> str:
 
 def failure_code(exc: BaseException) -> str:
     """The short reason metrics count failed clips by."""
-    if isinstance(exc, SoftTimeLimitExceeded):
+    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
         return "time_limit"
     if isinstance(exc, ClipqueueError):
         return exc.code
@@ -243,8 +247,9 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
 
     def on_stage(stage: str, progress: int) -> None:
         check_lease()
-        # A write per fetched part would be Redis round trips the fetch threads wait on: steps of 10.
-        progress = int(progress * _EXTRACT_SHARE)
+        # A write per fetched part would be Redis round trips the fetch threads wait on: steps of 5.
+        low, high = _STAGE_BANDS.get(stage, (0, 80))
+        progress = low + (high - low) * progress // 100
         if stage != written["stage"] or progress >= written["progress"] + _PROGRESS_STEP:
             written.update(stage=stage, progress=progress)
             store.update(clip_id, stage=stage, progress=progress)
@@ -261,7 +266,7 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
             thumbnail = _fallback_thumbnail(jlog, result, workdir)
         check_lease()
         store.update(clip_id, stage="uploading", progress=90)
-        storage = storage_from_settings(settings)
+        storage = storage_from_settings(settings, links_base_url(settings, get_redis()))
         with ThreadPoolExecutor(max_workers=1) as pool:
             thumbnail_upload = pool.submit(storage.put_file, thumbnail, object_key(clip_id, ".jpg")) if thumbnail else None
             video_url = storage.put_file(result.path, object_key(clip_id, ".mp4"))

@@ -170,6 +170,7 @@ def service_factory(tmp_path: Path, redis_url: str, request):
             "STORAGE_LOCAL_DIR": str(workdir / "media"),
             "PUBLIC_BASE_URL": "http://clips.test",
             "SCRATCH_DIR": str(workdir / "scratch"),
+            "WORKER_HEARTBEAT_DIR": str(workdir / "heartbeats"),
             "ALLOW_PRIVATE_SOURCES": "true",
             "JOB_RETRY_BACKOFF_SECONDS": "1",
             "JOB_RETRY_BACKOFF_MAX_SECONDS": "2",

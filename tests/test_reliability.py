@@ -23,6 +23,8 @@ FAST_RECOVERY = {
     "LEASE_TTL_SECONDS": "3",
     "JANITOR_INTERVAL_SECONDS": "1",
     "VISIBILITY_TIMEOUT_SECONDS": "120",
+    "WORKER_HEARTBEAT_SECONDS": "1",
+    "WORKER_HEARTBEAT_MAX_AGE_SECONDS": "3",
 }
 
 
@@ -272,8 +274,19 @@ def _start_clips(service, url: str, count: int) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("appendonly", [True, False], ids=["aof", "no-persistence"])
-def test_redis_restart_with_jobs_queued_and_running_loses_none(service_factory, vod_dir, tmp_path, appendonly):
+def _lose_redis_state(private: RedisServer, how: str) -> None:
+    if how == "flushall":
+        redis.Redis.from_url(private.url(0)).flushall()
+        return
+    private.stop()
+    time.sleep(1)
+    private.start()
+
+
+@pytest.mark.parametrize("appendonly, how", [(True, "restart"), (False, "restart"), (False, "flushall")],
+                         ids=["aof-restart", "empty-restart", "flushall"])
+def test_redis_losing_its_state_with_jobs_queued_and_running_loses_none(service_factory, vod_dir, tmp_path,
+                                                                        appendonly, how):
     private = RedisServer(tmp_path / "redis", appendonly=appendonly)
     private.start()
     server = serve_directory(vod_dir, connection_bandwidth=400_000)
@@ -286,15 +299,22 @@ def test_redis_restart_with_jobs_queued_and_running_loses_none(service_factory, 
         clip_ids = _start_clips(service, slow_vod, 4)
         wait_for_stage(service, clip_ids[0])
 
-        private.stop()
-        time.sleep(1)
-        private.start()
+        lost_at = time.monotonic()
+        _lose_redis_state(private, how)
+        # Every job is accounted for again: metadata back in Redis (queued again, or written by its worker).
+        wait_until(lambda: all(service.job(c).get("status") for c in clip_ids), 60, interval=0.2,
+                   what="every job to be known to Redis again")
+        known_again = time.monotonic() - lost_at
 
         clips = [service.wait_for_clip(clip_id, timeout=180) for clip_id in clip_ids]
+        all_ready = time.monotonic() - lost_at
+        print(f"\nredis {how} (appendonly={appendonly}): jobs known again after {known_again:.1f} s, "
+              f"all {len(clip_ids)} clips ready {all_ready:.1f} s after the loss")
         assert [clip["status"] for clip in clips] == ["ready"] * 4, clips
         expected = sorted(f"clips/{c}.{ext}" for c in clip_ids for ext in ("jpg", "mp4"))
         assert stored_keys(service) == expected
         assert [uploads(service, clip_id) for clip_id in clip_ids] == [1] * 4
+        assert known_again < 30
     finally:
         private.stop()
         server.stop()
@@ -484,6 +504,24 @@ def test_soft_time_limit_fails_the_job_and_leaves_no_ffmpeg_or_files(service_fac
         server.stop()
 
 
+def test_job_killed_at_its_hard_time_limit_fails_with_time_limit_not_worker_lost(service_factory, vod_dir):
+    server = serve_directory(vod_dir, connection_bandwidth=40_000)
+    try:
+        # No soft limit: the hard limit kills the pool process (as for a job stuck where no signal reaches).
+        service = service_factory(JOB_SOFT_TIME_LIMIT_SECONDS="0", JOB_HARD_TIME_LIMIT_SECONDS="4",
+                                  **FAST_RECOVERY)
+        service.start_worker()
+        clip_id = service.create_clip(vod_url=f"{server.url}/hls/master.m3u8", start_time=5,
+                                      end_time=25).get_json()["clip_id"]
+        clip = service.wait_for_clip(clip_id, timeout=60)
+        assert clip["status"] == "failed" and "time limit" in clip["error"], clip
+        assert clip_row(service, clip_id).failure_code == "time_limit"
+        assert clip_row(service, clip_id).deliveries == 1  # not run again as if its worker were lost
+        assert "Hard time limit (4" in service.worker_logs()
+    finally:
+        server.stop()
+
+
 def _pool_children(worker) -> list[int]:
     import subprocess
 
@@ -530,17 +568,53 @@ def test_backlog_older_than_the_processing_deadline_waits_and_is_not_failed(serv
     assert clip_row(service, clip_id).deliveries == 1
 
 
-def test_queued_job_whose_message_was_lost_is_queued_again(service_factory, master_url):
-    service = service_factory(PROCESSING_DEADLINE_SECONDS="2", **FAST_RECOVERY)
-    clip_id = service.create_clip(vod_url=master_url, start_time=1, end_time=4).get_json()["clip_id"]
+def test_queued_jobs_whose_messages_were_lost_are_queued_again_long_before_the_deadline(
+    service_factory, master_url
+):
+    # The default PROCESSING_DEADLINE_SECONDS (an hour): the loss is found by looking, not by waiting.
+    service = service_factory(**FAST_RECOVERY)
+    clip_ids = _start_clips(service, master_url, 3)
     client = redis.Redis.from_url(service.env["REDIS_URL"])
-    client.delete("clip_extraction_jobs")  # lost, as with Redis' AOF fsync'ed every second
-    service.start_worker()
+    assert client.delete("clip_extraction_jobs") == 1  # lost, as with Redis' AOF fsync'ed every second
+    lost_at = time.monotonic()
+    service.start_worker("maintenance", queues="clipqueue_control")
     service.start_beat()
 
-    clip = service.wait_for_clip(clip_id, timeout=60)
+    wait_until(lambda: client.llen("clip_extraction_jobs") == 3, 30, interval=0.2,
+               what="the jobs to be re-queued")
+    print(f"\nlost queue messages re-queued {time.monotonic() - lost_at:.1f} s after the loss")
+    service.start_worker("jobs", queues="clip_extraction_jobs")
+    for clip_id in clip_ids:
+        assert service.wait_for_clip(clip_id, timeout=60)["status"] == "ready"
+        assert "message lost" in service.job(clip_id)["requeue_reason"]
+        assert clip_row(service, clip_id).deliveries == 1
+
+
+def test_job_message_held_by_a_killed_worker_is_queued_again_before_the_visibility_timeout(
+    service_factory, master_url
+):
+    from clipqueue.keys import lease_key
+
+    service = service_factory(**FAST_RECOVERY)
+    client = redis.Redis.from_url(service.env["REDIS_URL"])
+    clip_id = service.create_clip(vod_url=master_url, start_time=1, end_time=4).get_json()["clip_id"]
+    # Another delivery holds the lease: the worker puts the job back with a countdown, again and again,
+    # holding each message unacknowledged while it waits.
+    client.set(lease_key(clip_id), "another-delivery", px=60_000)
+    holder = service.start_worker("holder")
+    wait_until(lambda: (service.job(clip_id).get("held_by") or "").startswith("holder@")
+               and client.hlen("unacked"), 30, interval=0.2, what="the holder to hold the job's message")
+    holder.signal_group(signal.SIGKILL)
+    killed_at = time.monotonic()
+    client.delete(lease_key(clip_id))
+    service.start_worker("rescuer")
+    service.start_beat()
+
+    clip = service.wait_for_clip(clip_id, timeout=60)  # the visibility timeout is 120 s, or more
+    print(f"\njob held by a killed worker ready {time.monotonic() - killed_at:.1f} s after the kill")
     assert clip["status"] == "ready", clip
     assert "message lost" in service.job(clip_id)["requeue_reason"]
+    assert clip_row(service, clip_id).deliveries == 1
 
 
 def test_replaying_a_dead_letter_older_than_the_deadline_is_not_failed_again(service_factory, vod_dir):
@@ -587,6 +661,31 @@ def test_janitor_that_finds_another_running_does_nothing(service_factory, master
     with service.app.app_context():
         assert janitor() == {"requeued_worker_lost": 1}
     assert client.llen("clip_extraction_jobs") == 1 and clip_row(service, clip_id).redeliveries == 1
+
+
+def test_janitor_tells_a_job_killed_at_its_time_limit_from_a_lost_worker(service_factory, master_url):
+    from datetime import datetime, timedelta, timezone
+
+    service = service_factory(JOB_HARD_TIME_LIMIT_SECONDS="4", JOB_SOFT_TIME_LIMIT_SECONDS="0",
+                              **FAST_RECOVERY)
+    killed, lost = (service.create_clip(vod_url=master_url, start_time=1, end_time=4).get_json()["clip_id"]
+                    for _ in range(2))
+    client = redis.Redis.from_url(service.env["REDIS_URL"])
+    now = datetime.now(timezone.utc)
+
+    def ago(seconds: float) -> str:
+        return (now - timedelta(seconds=seconds)).isoformat()
+
+    # Both ran and lost their lease; the one whose heartbeat went on until its hard limit was killed by it.
+    for clip_id, last_beat in ((killed, ago(6.5)), (lost, ago(9.5))):
+        client.hset(f"clip_extraction_job:{clip_id}", mapping={
+            "status": "running", "started_at": ago(10), "updated_at": ago(10), "heartbeat_at": last_beat})
+    janitor = service.app.extensions["celery"].tasks["clipqueue.janitor"]
+    with service.app.app_context():
+        assert janitor() == {"failed_time_limit": 1, "requeued_worker_lost": 1}
+    assert service.clip(killed)["status"] == "failed" and "time limit" in service.clip(killed)["error"]
+    assert clip_row(service, killed).failure_code == "time_limit"
+    assert service.clip(lost)["status"] == "processing" and clip_row(service, lost).redeliveries == 1
 
 
 def test_periodic_maintenance_expires_instead_of_piling_up(service_factory):

@@ -218,7 +218,9 @@ class Fetcher:
         """Download ``segments`` into ``dest`` in parallel; return them in playlist order.
 
         fMP4 init sections are fetched once per distinct URL.
-        ``on_progress(done, total)`` is called as parts complete, and
+        ``on_progress(done, total)`` is called as parts complete, in bytes
+        fetched over bytes needed (the sizes not known yet are taken as the
+        mean of those known), and
         ``on_segment(index, fetched)`` (from a fetch thread) as each segment is
         whole. The segments at the indices ``first`` are fetched before the
         others, one after the other with every connection, so work on them can
@@ -253,6 +255,15 @@ class Fetcher:
         lock = threading.Lock()
         done = 0
         total_parts = len(segments)
+        start_bytes = self._bytes
+        sizes: list[int | None] = [s.byterange[1] if s.byterange else None for s in segments]
+
+        def bytes_progress() -> tuple[int, int]:
+            known = [size for size in sizes if size is not None]
+            if not known:
+                return done, total_parts
+            needed = sum(known) + sum(known) * (len(sizes) - len(known)) // len(known)
+            return min(self._bytes - start_bytes, needed), needed
         outstanding = [1] * len(segments)  # parts of each segment not yet written
         waiting_for = list(leading) if split else []  # leading segments whose size is not known yet, in order
 
@@ -264,11 +275,13 @@ class Fetcher:
 
         def part_done(index: int) -> None:
             nonlocal done
+            if outstanding[index] == 1 and sizes[index] is None:
+                sizes[index] = results[index].path.stat().st_size
             with lock:
                 done += 1
                 outstanding[index] -= 1
                 whole = outstanding[index] == 0
-                snapshot = (done, total_parts)
+                snapshot = bytes_progress()
             if on_progress:
                 on_progress(*snapshot)
             if whole and on_segment:
@@ -337,6 +350,7 @@ class Fetcher:
                     scheduled = []
 
                     def schedule_rest(size: int) -> None:
+                        sizes[index] = size
                         if not scheduled and size > first_size:
                             scheduled.append(size)
                             fetch_rest(index, size, first_size)

@@ -62,7 +62,11 @@ def api_schema(api_service):
     return loaded
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+# Left out of the calls, not of the document: the stream of every clip never ends (a WSGI test
+# client would wait on it forever), and a WebSocket needs an upgraded connection that schemathesis
+# does not open. tests/test_events.py drives both over real HTTP.
+schema = schemathesis.pytest.from_fixture("api_schema").exclude(
+    operation_id=["watchClips", "watchClipWebSocket"])
 
 
 @schema.parametrize()
