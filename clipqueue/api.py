@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 from werkzeug.routing import ValidationError as NoRouteMatch
 
-from clipqueue import deadletter, defaults, schemas
+from clipqueue import clips, deadletter, defaults, schemas, webhooks
 from clipqueue.auth import presented_token, token_is_valid
 from clipqueue.config import Settings
 from clipqueue.exceptions import ForbiddenSource, InvalidTwitchLink, SourceUnavailable, ValidationError
@@ -146,6 +146,21 @@ def check_source(vod_url: str, settings: Settings) -> None:
         pass
 
 
+def check_callback(callback_url: str, settings: Settings) -> None:
+    """Refuse a ``callback_url`` the source URL policy forbids (code ``forbidden_source``).
+
+    Each delivery is checked again (the name may resolve elsewhere by then).
+    """
+    try:
+        check_url(callback_url, SourcePolicy.from_settings(settings),
+                  dns_timeout=defaults.API_DNS_TIMEOUT_SECONDS)
+    except ForbiddenSource as exc:
+        raise ValidationError(str(exc).replace("forbidden source", "forbidden callback_url", 1),
+                              "callback_url", "forbidden_source") from exc
+    except SourceUnavailable:
+        pass
+
+
 def _idempotency_key() -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
@@ -171,7 +186,8 @@ def _created(clip: Clip, status: int):
 def _earlier_create(key: str, clip_input: schemas.ClipRequest):
     """A retried POST: the clip its key made before, or 409 if the key now asks for another clip."""
     clip = Clip.query.filter_by(idempotency_key=key).one()
-    made = (clip.vod_url, clip.start_time, clip.end_time, clip.quality, clip.mode, clip.title)
+    made = (clip.vod_url, clip.start_time, clip.end_time, clip.quality, clip.mode, clip.title,
+            clip.callback_url)
     if clip_input.as_created != made:
         return error_response(409, "idempotency_key_reused",
                               f"{IDEMPOTENCY_HEADER} {key!r} was used for a different clip", IDEMPOTENCY_HEADER)
@@ -199,6 +215,8 @@ def create_clip():
     settings = current_app.config["CLIPQUEUE"]
     clip_input = schemas.parse_clip_request(data, settings)
     check_source(clip_input.vod_url, settings)
+    if clip_input.callback_url is not None:
+        check_callback(clip_input.callback_url, settings)
     if key is not None and Clip.query.filter_by(idempotency_key=key).first() is not None:
         return _earlier_create(key, clip_input)
     clip = Clip(
@@ -208,6 +226,7 @@ def create_clip():
         quality=clip_input.quality,
         mode=clip_input.mode,
         title=clip_input.title,
+        callback_url=clip_input.callback_url,
         idempotency_key=key,
     )
     db.session.add(clip)
@@ -231,6 +250,57 @@ def get_clip(clip_id: str):
     if clip is None:
         return _clip_not_found(clip_id)
     return _clip_response(clip)
+
+
+@bp.post("/clips/<clip_id>/cancel")
+@operation("cancelClip", {
+    202: ("canceled: a queued job never starts, a running one stops within seconds", schemas.Clip),
+    404: ("no such clip", None),
+    409: ("the clip is no longer processing (ready, failed or canceled already); nothing changed", None),
+})
+def cancel_clip(clip_id: str):
+    """Cancel a queued or running clip: it ends ``canceled``, its files are not kept."""
+    key = clip_uuid(clip_id)
+    clip = _find_clip(key)
+    if clip is None:
+        return _clip_not_found(clip_id)
+    if not clips.mark_canceled(key):
+        clip = clips.get(key)
+        return error_response(409, "not_cancelable",
+                              f"clip is {clip.status}; only a processing clip can be canceled", "clip_id")
+    return _clip_response(clips.get(key)), 202
+
+
+@bp.get("/webhooks/deliveries")
+@operation("listWebhookDeliveries", {
+    200: ("webhook deliveries, oldest first; without status, the undelivered ones",
+          schemas.WebhookDeliveries),
+    400: ("status or limit is not valid", None),
+}, query=schemas.WebhookDeliveryQuery, private=True)
+def list_webhook_deliveries():
+    """Webhook deliveries by status: pending (still being tried), failed (given up), delivered."""
+    try:
+        query = schemas.WebhookDeliveryQuery.model_validate(request.args.to_dict())
+    except PydanticValidationError as exc:
+        raise schemas.validation_error(exc) from None
+    statuses = (query.status,) if query.status else (webhooks.DELIVERY_PENDING, webhooks.DELIVERY_FAILED)
+    return jsonify({"deliveries": webhooks.list_deliveries(statuses, query.limit)})
+
+
+@bp.post("/webhooks/deliveries/<delivery_id>/retry")
+@operation("retryWebhookDelivery", {
+    202: ("sent again now, with a fresh WEBHOOK_RETRY_HOURS", schemas.WebhookDelivery),
+    404: ("no such delivery", None),
+    409: ("the delivery was delivered already", None),
+})
+def retry_webhook_delivery(delivery_id: str):
+    """Try an undelivered (pending or failed) webhook delivery again now."""
+    delivery = webhooks.get(delivery_id)
+    if delivery is None:
+        return error_response(404, "not_found", f"no webhook delivery with id {delivery_id!r}", "delivery_id")
+    if not webhooks.retry(delivery_id):
+        return error_response(409, "already_delivered", "the delivery was delivered already", "delivery_id")
+    return jsonify(webhooks.record(webhooks.get(delivery_id))), 202
 
 
 @bp.get("/clips/<clip_id>/job")

@@ -13,6 +13,7 @@ from clipqueue.keys import CONTROL_QUEUE
 from clipqueue.logs import quiet_periodic_task_logs
 from clipqueue.queue import JANITOR_TASK, SWEEP_OUTBOX_TASK
 from clipqueue.sentry import tag_clip
+from clipqueue.webhooks import SWEEP_TASK as WEBHOOK_SWEEP_TASK
 
 
 class AppContextTask(Task):
@@ -73,6 +74,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
         beat_schedule={
             "sweep-outbox": _periodic(SWEEP_OUTBOX_TASK, settings.outbox_sweep_seconds),
             "janitor": _periodic(JANITOR_TASK, settings.janitor_interval_seconds),
+            "sweep-webhooks": _periodic(WEBHOOK_SWEEP_TASK, settings.webhook_sweep_seconds),
         },
     )
     quiet_periodic_task_logs(celery)

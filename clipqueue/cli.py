@@ -13,7 +13,7 @@ import click
 from flask.cli import ScriptInfo, with_appcontext
 from flask_migrate.cli import db as db_commands
 
-from clipqueue import create_app, deadletter
+from clipqueue import create_app, deadletter, webhooks
 
 
 @click.group()
@@ -101,3 +101,40 @@ def dead_letter_replay(clip_ids: tuple[str, ...], replay_all: bool) -> None:
 def dead_letter_purge() -> None:
     """Drop every dead-lettered job (their clips stay failed)."""
     click.echo(f"purged {deadletter.purge()} job(s)")
+
+
+@main.group("webhooks")
+def webhooks_group() -> None:
+    """Inspect and retry webhook deliveries."""
+
+
+@webhooks_group.command("list")
+@click.option("--status", type=click.Choice(["pending", "failed", "delivered"]),
+              help="Only these (default: pending and failed, the undelivered ones).")
+@click.option("--limit", type=click.IntRange(1, 10000), default=1000, show_default=True)
+@with_appcontext
+def webhooks_list(status: str | None, limit: int) -> None:
+    """Print webhook deliveries as JSON lines, oldest first."""
+    statuses = (status,) if status else (webhooks.DELIVERY_PENDING, webhooks.DELIVERY_FAILED)
+    for entry in webhooks.list_deliveries(statuses, limit):
+        click.echo(json.dumps(entry, sort_keys=True))
+
+
+@webhooks_group.command("retry")
+@click.argument("delivery_ids", nargs=-1)
+@click.option("--all-failed", is_flag=True, help="Retry every delivery that was given up.")
+@with_appcontext
+def webhooks_retry(delivery_ids: tuple[str, ...], all_failed: bool) -> None:
+    """Try undelivered webhook deliveries again now, with a fresh WEBHOOK_RETRY_HOURS."""
+    if all_failed:
+        failed = webhooks.list_deliveries((webhooks.DELIVERY_FAILED,), 100_000)
+        delivery_ids = tuple(entry["id"] for entry in failed)
+    if not delivery_ids:
+        raise click.UsageError("name delivery ids, or pass --all-failed")
+    for delivery_id in delivery_ids:
+        if webhooks.get(delivery_id) is None:
+            click.echo(f"{delivery_id}: no such delivery")
+        elif webhooks.retry(delivery_id):
+            click.echo(f"{delivery_id}: retried")
+        else:
+            click.echo(f"{delivery_id}: delivered already")

@@ -1,11 +1,12 @@
-"""A clip's life: ``processing`` → ``ready`` | ``failed``, and ``failed`` → ``processing`` on replay.
+"""A clip's life: ``processing`` → ``ready``, ``failed`` or ``canceled``; a replay takes ``failed`` back.
 
 This module is the only writer of a clip's status. Each transition is one
 conditional ``UPDATE`` on the clip's row, so of two writers racing (a late
-failure and a success, two replays) exactly one wins; the winner then writes
-what must follow the transition: the dead-letter record (in the same
-transaction), the job metadata in Redis and the dead-letter list that mirrors
-the records.
+failure and a success, a cancel and a success, two replays) exactly one wins;
+the winner then writes what must follow the transition: the dead-letter
+record and the event's webhook deliveries (in the same transaction), the job
+metadata in Redis, the dead-letter list that mirrors the records, the cancel
+flag a running job looks for, and the messages that send the deliveries.
 """
 
 from __future__ import annotations
@@ -14,11 +15,23 @@ import logging
 import uuid
 from typing import Any
 
+import redis
 import sqlalchemy as sa
+from flask import current_app
 
-from clipqueue import deadletter, metrics
-from clipqueue.jobs import JOB_COMPLETED, JOB_FAILED, job_logger, job_store, now_iso
-from clipqueue.models import STATUS_FAILED, STATUS_PROCESSING, STATUS_READY, Clip, DeadLetter, db, utcnow
+from clipqueue import deadletter, metrics, webhooks
+from clipqueue.jobs import JOB_CANCELED, JOB_COMPLETED, JOB_FAILED, get_redis, job_logger, job_store, now_iso
+from clipqueue.keys import cancel_key
+from clipqueue.models import (
+    STATUS_CANCELED,
+    STATUS_FAILED,
+    STATUS_PROCESSING,
+    STATUS_READY,
+    Clip,
+    DeadLetter,
+    db,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +106,7 @@ def mark_ready(clip_id: str, output: dict[str, Any]) -> bool:
         processed_at=now, extraction_method=output.get("method"),
         **{name: output.get(name) for name in _OUTPUT_COLUMNS},
     )
+    deliveries = webhooks.record_event(clip_id, webhooks.EVENT_READY) if changed else []
     db.session.commit()
     if not changed:
         status = db.session.execute(sa.select(Clip.status).where(Clip.id == _uuid(clip_id))).scalar_one()
@@ -109,6 +123,7 @@ def mark_ready(clip_id: str, output: dict[str, Any]) -> bool:
     if changed:
         metrics.count_ready(clip_id, now)
         jlog.info("clip ready: %s", output["video_url"])
+        webhooks.send_all(deliveries)
     return changed
 
 
@@ -127,17 +142,48 @@ def mark_failed(clip_id: str, error: str, *, code: str, attempts: int, traceback
     if changed and traceback is not None:
         db.session.add(DeadLetter(clip_id=_uuid(clip_id), error=error,
                                   traceback=traceback[-MAX_TRACEBACK_CHARS:], attempts=attempts))
+    deliveries = webhooks.record_event(clip_id, webhooks.EVENT_FAILED) if changed else []
     db.session.commit()
     if not changed:
         jlog.info("not failing the clip: it is no longer processing")
         return False
     metrics.count_job("failed" if traceback is None else "dead_lettered")
     job_store().update(clip_id, status=JOB_FAILED, error=error, completed_at=now_iso(), attempts=attempts)
+    webhooks.send_all(deliveries)
     if traceback is None:
         jlog.warning("clip failed (%s): %s", code, error)
         return True
     deadletter.mirror_push(db.session.get(DeadLetter, _uuid(clip_id)))
     jlog.error("job failed for good after %d attempt(s), dead-lettered (%s): %s", attempts, code, error)
+    return True
+
+
+def mark_canceled(clip_id: str) -> bool:
+    """``processing`` → ``canceled``; then the job is ``canceled`` and a running one stops.
+
+    Returns False, changing nothing, for a clip that is not processing. The
+    cancel flag in Redis is what a running job's heartbeat looks for (it then
+    kills its FFmpeg children); whatever it would still do is refused by the
+    database status: :func:`record_output` and :func:`mark_ready` need
+    ``processing``.
+    """
+    jlog = job_logger(log, clip_id)
+    db.session.rollback()
+    changed = _transition(clip_id, STATUS_PROCESSING, status=STATUS_CANCELED, error=None, failure_code=None)
+    deliveries = webhooks.record_event(clip_id, webhooks.EVENT_CANCELED) if changed else []
+    db.session.commit()
+    if not changed:
+        return False
+    settings = current_app.config["CLIPQUEUE"]
+    try:
+        get_redis().set(cancel_key(clip_id), "1", ex=settings.job_ttl_seconds)
+    except redis.RedisError as exc:
+        # The database refuses the job's output all the same; only the stop waits for its next step.
+        jlog.warning("cancel flag not set (Redis unavailable): %s", exc)
+    metrics.count_job("canceled")
+    job_store().update(clip_id, status=JOB_CANCELED, completed_at=now_iso())
+    jlog.info("clip canceled")
+    webhooks.send_all(deliveries)
     return True
 
 

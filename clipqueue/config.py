@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = defaults.WORKER_HEARTBEAT_SECONDS
     worker_heartbeat_max_age_seconds: float = defaults.WORKER_HEARTBEAT_MAX_AGE_SECONDS
     sentry_dsn: str = defaults.SENTRY_DSN
+    webhook_url: str = defaults.WEBHOOK_URL
+    webhook_secret: str = defaults.WEBHOOK_SECRET
+    webhook_retry_hours: float = defaults.WEBHOOK_RETRY_HOURS
+    webhook_timeout_seconds: float = defaults.WEBHOOK_TIMEOUT_SECONDS
+    webhook_backoff_seconds: float = defaults.WEBHOOK_BACKOFF_SECONDS
+    webhook_backoff_max_seconds: float = defaults.WEBHOOK_BACKOFF_MAX_SECONDS
+    webhook_sweep_seconds: float = defaults.WEBHOOK_SWEEP_SECONDS
+    cancel_poll_seconds: float = defaults.CANCEL_POLL_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -208,6 +216,9 @@ class Settings(BaseSettings):
             raise ValueError("JOB_SOFT_TIME_LIMIT_SECONDS must not be more than JOB_HARD_TIME_LIMIT_SECONDS")
         if self.min_clip_seconds <= 0 or self.max_clip_seconds < self.min_clip_seconds:
             raise ValueError("need 0 < MIN_CLIP_SECONDS <= MAX_CLIP_SECONDS")
+        if self.webhook_url and not self.webhook_secret:
+            # Unsigned events at the operator's own receiver could be forged by anyone who finds it.
+            raise ValueError("WEBHOOK_URL needs WEBHOOK_SECRET (its deliveries are signed)")
         return self
 
 

@@ -127,3 +127,19 @@ WORKER_HEARTBEAT_MAX_AGE_SECONDS = 30.0
 # Errors from web and workers go to Sentry when set (empty: nowhere). SENTRY_ENVIRONMENT
 # and SENTRY_RELEASE are read by sentry-sdk itself.
 SENTRY_DSN = ""
+
+# Webhooks: clip.ready, clip.failed and clip.canceled POSTed to WEBHOOK_URL (signed with
+# WEBHOOK_SECRET, which WEBHOOK_URL needs) and to a clip's own callback_url. A failed attempt is
+# tried again after WEBHOOK_BACKOFF_SECONDS, doubling up to WEBHOOK_BACKOFF_MAX_SECONDS, for
+# WEBHOOK_RETRY_HOURS after the event; beat re-sends every WEBHOOK_SWEEP_SECONDS deliveries that
+# are due and whose message was lost (a worker killed, Redis restarted).
+WEBHOOK_URL = ""
+WEBHOOK_SECRET = ""
+WEBHOOK_RETRY_HOURS = 24.0
+WEBHOOK_TIMEOUT_SECONDS = 10.0
+WEBHOOK_BACKOFF_SECONDS = 10.0
+WEBHOOK_BACKOFF_MAX_SECONDS = 3600.0
+WEBHOOK_SWEEP_SECONDS = 30.0
+
+# How often a running job looks for a cancel request (one Redis read).
+CANCEL_POLL_SECONDS = 1.0

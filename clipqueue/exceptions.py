@@ -140,3 +140,9 @@ class LeaseLost(ClipqueueError):
     """This worker no longer holds the job's lease: another delivery runs it, so this one stops."""
 
     code = "lease_lost"
+
+
+class JobCanceled(LeaseLost):
+    """The clip was canceled while its job ran: the job stops, removes its scratch and stores nothing."""
+
+    code = "canceled"

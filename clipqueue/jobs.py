@@ -24,6 +24,7 @@ JOB_RUNNING = "running"
 JOB_RETRYING = "retrying"
 JOB_COMPLETED = "completed"
 JOB_FAILED = "failed"
+JOB_CANCELED = "canceled"
 
 _INT_FIELDS = ("progress", "attempts", "deliveries", "redeliveries")
 UPDATE_ATTEMPTS = 4

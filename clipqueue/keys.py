@@ -54,3 +54,11 @@ def metric_key(name: str) -> str:
 def worker_heartbeats_key(queue: str) -> str:
     """The sorted set of workers consuming ``queue``, scored by their latest heartbeat (Unix seconds)."""
     return f"clipqueue:worker-heartbeats:{queue}"
+
+
+CANCEL_KEY_PREFIX = "clip_extraction_cancel:"
+
+
+def cancel_key(clip_id: str) -> str:
+    """Set when the clip is canceled: its running job stops on seeing it (the database keeps the status)."""
+    return f"{CANCEL_KEY_PREFIX}{clip_id}"

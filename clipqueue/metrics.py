@@ -34,7 +34,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import INF, floatToGoString
 
-from clipqueue.api import error_response
 from clipqueue.auth import presented_token, token_is_valid
 from clipqueue.jobs import get_redis
 from clipqueue.keys import CONTROL_QUEUE, DEAD_LETTER_QUEUE, JOB_QUEUE, metric_key, worker_heartbeats_key
@@ -410,6 +409,9 @@ def _allowed() -> bool:
 
 @metrics_bp.get("/metrics")
 def metrics():
+    # Imported here: the API records metrics (through clips and webhooks), so this module cannot need it first.
+    from clipqueue.api import error_response
+
     if not _allowed():
         return error_response(403, "forbidden", "metrics are for loopback clients or METRICS_TOKEN holders")
     registry = CollectorRegistry()

@@ -64,6 +64,8 @@ class Clip(db.Model):
     muted_ranges: Mapped[list | None] = mapped_column(sa.JSON)
     extraction_method: Mapped[str | None] = mapped_column(sa.String(32))
     codec: Mapped[str | None] = mapped_column(sa.String(16))  # the clip's video codec; None for audio only
+    # Where this clip's events are POSTed, beside WEBHOOK_URL (clipqueue.webhooks).
+    callback_url: Mapped[str | None] = mapped_column(sa.Text)
     error: Mapped[str | None] = mapped_column(sa.Text)
     # Why a failed clip failed, as a short code metrics count by (the exception's code: tasks.failure_code).
     failure_code: Mapped[str | None] = mapped_column(sa.String(32))
@@ -100,3 +102,45 @@ class DeadLetter(db.Model):
     traceback: Mapped[str] = mapped_column(sa.Text, default="")
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     failed_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, index=True)
+
+
+DELIVERY_PENDING = "pending"
+DELIVERY_DELIVERED = "delivered"
+DELIVERY_FAILED = "failed"
+DELIVERY_STATUSES = (DELIVERY_PENDING, DELIVERY_DELIVERED, DELIVERY_FAILED)
+
+
+class WebhookDelivery(db.Model):
+    """One event for one receiver: written with the clip's transition, sent until it is answered 2xx.
+
+    The database is the record of what is owed: a delivery whose Celery
+    message was lost (a worker killed, Redis restarted) is sent again by
+    beat's sweep (:func:`clipqueue.webhooks.sweep_deliveries`).
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    # The event's id, the same on every attempt and for every receiver of the event.
+    event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    event_type: Mapped[str] = mapped_column(sa.String(32))
+    clip_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("clips.id", ondelete="CASCADE"),
+                                               index=True)
+    # "webhook" (WEBHOOK_URL, the operator's) or "callback" (the clip's callback_url, the URL policy applies).
+    target: Mapped[str] = mapped_column(sa.String(16))
+    url: Mapped[str] = mapped_column(sa.Text)
+    # The exact body every attempt sends (the signature covers it).
+    payload: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default=DELIVERY_PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, index=True)
+    # Attempts stop after this (WEBHOOK_RETRY_HOURS after the event, or after an operator's retry).
+    expires_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    # An attempt in progress holds the delivery until then, so two messages never send it at once.
+    claimed_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    last_status_code: Mapped[int | None] = mapped_column(sa.Integer)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    last_response: Mapped[str | None] = mapped_column(sa.String(200))  # the receiver's answer, an excerpt
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

@@ -142,8 +142,8 @@ def _operation_document(op: Operation, method: str, variables: list[str], settin
     if needs_token:
         document["security"] = [{"bearerAuth": []}]
     parameters = [{"name": name, "in": "path", "required": True,
-                   "description": "The clip's UUID, in any spelling Python's uuid.UUID reads; "
-                                  "anything else is answered 404.",
+                   "description": f"The {'clip' if name == 'clip_id' else name.removesuffix('_id')}'s UUID, "
+                                  "in any spelling Python's uuid.UUID reads; anything else is answered 404.",
                    "schema": {"type": "string"}} for name in variables]
     parameters += list(op.headers)
     if op.query is not None:

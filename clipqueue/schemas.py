@@ -33,14 +33,14 @@ from pydantic_core import PydanticCustomError
 from clipqueue import defaults
 from clipqueue.config import Settings
 from clipqueue.exceptions import ValidationError
-from clipqueue.jobs import JOB_COMPLETED, JOB_FAILED, JOB_QUEUED, JOB_RETRYING, JOB_RUNNING
+from clipqueue.jobs import JOB_CANCELED, JOB_COMPLETED, JOB_FAILED, JOB_QUEUED, JOB_RETRYING, JOB_RUNNING
 from clipqueue.media.playlist import QUALITIES
-from clipqueue.models import CLIP_STATUSES, isoformat
+from clipqueue.models import CLIP_STATUSES, DELIVERY_STATUSES, isoformat
 
 MODES = ("accurate", "copy")
 DEFAULT_QUALITY = "auto"
 DEFAULT_MODE = "accurate"
-JOB_STATUSES = (JOB_QUEUED, JOB_RUNNING, JOB_RETRYING, JOB_COMPLETED, JOB_FAILED)
+JOB_STATUSES = (JOB_QUEUED, JOB_RUNNING, JOB_RETRYING, JOB_COMPLETED, JOB_FAILED, JOB_CANCELED)
 
 Quality = Literal[QUALITIES]
 Mode = Literal[MODES]
@@ -76,16 +76,16 @@ TITLE_PATTERN = rf"^[{_SPACE}]*{_TITLE_EDGE}(?:{_TITLE_MIDDLE}{_TITLE_EDGE})?[{_
 _TITLE = re.compile(TITLE_PATTERN)
 
 
-def _http_url(value: str) -> str:
+def _http_url(value: str, field: str = "vod_url") -> str:
     if any(ch.isspace() or ord(ch) < 32 for ch in value):
-        raise PydanticCustomError("invalid_field", "vod_url must not contain spaces or control characters")
+        raise PydanticCustomError("invalid_field", f"{field} must not contain spaces or control characters")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - parsing the port is what raises for "http://host:x"
     except ValueError as exc:
-        raise PydanticCustomError("invalid_field", "vod_url is not a valid URL") from exc
+        raise PydanticCustomError("invalid_field", f"{field} is not a valid URL") from exc
     if not _URL.match(value) or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise PydanticCustomError("invalid_field", "vod_url must be an http(s) URL with a host")
+        raise PydanticCustomError("invalid_field", f"{field} must be an http(s) URL with a host")
     return value
 
 
@@ -104,6 +104,13 @@ VodUrl = Annotated[
                       "https://www.twitch.tv/videos/<id> or a live channel, https://www.twitch.tv/<login>. "
                       "Refused with code forbidden_source when the source policy forbids it."),
     AfterValidator(_http_url),
+]
+CallbackUrl = Annotated[
+    str,
+    Field(max_length=defaults.MAX_URL_LENGTH, json_schema_extra={"pattern": URL_PATTERN},
+          description="Where this clip's events (clip.ready, clip.failed, clip.canceled) are POSTed, beside "
+                      "WEBHOOK_URL. Checked by the source URL policy (code forbidden_source)."),
+    AfterValidator(lambda value: _http_url(value, "callback_url")),
 ]
 # strict: true and "12" are not numbers; allow_inf_nan: NaN and Infinity are not seconds.
 Seconds = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False, description="seconds into the VOD")]
@@ -132,6 +139,7 @@ class ClipRequest(BaseModel):
     quality: Quality | None = DEFAULT_QUALITY
     mode: Mode | None = DEFAULT_MODE
     title: Title | None = None
+    callback_url: CallbackUrl | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -162,7 +170,8 @@ class ClipRequest(BaseModel):
     @property
     def as_created(self) -> tuple:
         """What the clip is made of, to compare a retried POST with the clip it made."""
-        return (self.vod_url, self.start_time, self.end_time, self.quality, self.mode, self.title)
+        return (self.vod_url, self.start_time, self.end_time, self.quality, self.mode, self.title,
+                self.callback_url)
 
 
 def allowed_hosts_url_pattern(allowed_hosts: tuple[str, ...]) -> str:
@@ -193,6 +202,7 @@ def _deployment_clip_request(min_clip: float, max_clip: float, max_vod: float,
         max_clip_seconds: ClassVar[float] = max_clip
 
         vod_url: Annotated[VodUrl, Field(json_schema_extra=url_schema)]
+        callback_url: Annotated[CallbackUrl, Field(json_schema_extra=url_schema)] | None = None
         end_time: Annotated[Seconds, Field(le=max_vod)]
 
     return DeploymentClipRequest
@@ -257,6 +267,7 @@ class Clip(BaseModel):
     extraction_method: str | None = Field(
         description="how the clip was made: smart_cut, reencode (exact, every frame encoded again) or copy")
     codec: str | None = Field(description="the clip's video codec (h264, hevc or av1); null for audio only")
+    callback_url: str | None = Field(description="where this clip's events are POSTed, beside WEBHOOK_URL")
     error: str | None
     failure_code: str | None = Field(
         description="why a failed clip failed, e.g. source_not_found, range_not_in_vod, storage_unavailable")
@@ -357,3 +368,38 @@ class ReplayAll(BaseModel):
 
 class Purged(BaseModel):
     purged: int = Field(ge=0)
+
+
+class WebhookDelivery(BaseModel):
+    """One event for one receiver, and how its delivery went."""
+
+    id: str = Field(json_schema_extra={"format": "uuid"})
+    event_id: str = Field(json_schema_extra={"format": "uuid"},
+                          description="the same on every attempt: receivers deduplicate by it")
+    event_type: Literal["clip.ready", "clip.failed", "clip.canceled"]
+    clip_id: str = Field(json_schema_extra={"format": "uuid"})
+    target: Literal["webhook", "callback"] = Field(description="WEBHOOK_URL, or the clip's callback_url")
+    url: str
+    status: Literal[DELIVERY_STATUSES]
+    attempts: int = Field(ge=0)
+    next_attempt_at: str | None = Field(json_schema_extra={"format": "date-time"},
+                                        description="when it is tried next, while pending")
+    expires_at: str = Field(json_schema_extra={"format": "date-time"},
+                            description="attempts stop then (WEBHOOK_RETRY_HOURS after the event or a retry)")
+    last_status_code: int | None
+    last_error: str | None
+    last_response: str | None = Field(description="the start of the receiver's last answer (200 characters)")
+    created_at: str = Field(json_schema_extra={"format": "date-time"})
+    last_attempt_at: str | None = Field(json_schema_extra={"format": "date-time"})
+    delivered_at: str | None = Field(json_schema_extra={"format": "date-time"})
+
+
+class WebhookDeliveries(BaseModel):
+    deliveries: list[WebhookDelivery]
+
+
+class WebhookDeliveryQuery(BaseModel):
+    """``GET /api/v1/webhooks/deliveries``'s query string: without ``status``, pending and failed ones."""
+
+    status: Literal[DELIVERY_STATUSES] | None = None
+    limit: Annotated[int, Field(ge=1, le=1000), BeforeValidator(_decimal_digits)] = 100

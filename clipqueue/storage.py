@@ -23,6 +23,9 @@ class Storage(Protocol):
     def put_file(self, path: Path, key: str) -> str:
         """Store ``path`` under ``key`` and return the object's public URL."""
 
+    def delete(self, key: str) -> None:
+        """Remove the object under ``key``, if there is one (a canceled clip's files)."""
+
 
 class LocalStorage:
     """A folder; ``web`` serves it under ``/media/``."""
@@ -45,6 +48,9 @@ class LocalStorage:
             Path(tmp).unlink(missing_ok=True)
             raise
         return f"{self.public_base_url}/{key}"
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
 
 
 # S3 error codes that mean "try again later".
@@ -103,6 +109,16 @@ class S3Storage:
         except BotoCoreError as exc:
             raise StorageUnavailable(f"object store unreachable: {exc}") from exc
         return f"{self.public_base_url}/{key}"
+
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            raise _classify_client_error(exc) from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"object store unreachable: {exc}") from exc
 
 
 def _classify_client_error(exc) -> Exception:

@@ -29,17 +29,27 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from flask import current_app
 from kombu.exceptions import OperationalError as BrokerError
 
-from clipqueue import clips, metrics
+from clipqueue import clips, metrics, webhooks
 from clipqueue.celery_app import AppContextTask
 from clipqueue.config import Settings
-from clipqueue.exceptions import ClipqueueError, InputError, LeaseLost, TransientError
+from clipqueue.exceptions import ClipqueueError, InputError, JobCanceled, LeaseLost, TransientError
 from clipqueue.janitor import run_janitor
-from clipqueue.jobs import JOB_RETRYING, JOB_RUNNING, get_redis, job_logger, job_store, now_iso, worker_name
+from clipqueue.jobs import (
+    JOB_CANCELED,
+    JOB_RETRYING,
+    JOB_RUNNING,
+    get_redis,
+    job_logger,
+    job_store,
+    now_iso,
+    worker_name,
+)
 from clipqueue.keys import maintenance_lock_key
 from clipqueue.lease import JobLease
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
+from clipqueue.media.process import kill_running
 from clipqueue.media.thumbnail import make_thumbnail
-from clipqueue.models import STATUS_PROCESSING, db
+from clipqueue.models import STATUS_CANCELED, STATUS_PROCESSING, db
 from clipqueue.queue import FINALIZE_TASK, JANITOR_TASK, PROCESS_TASK, SWEEP_OUTBOX_TASK, sweep_outbox
 from clipqueue.publicurl import links_base_url
 from clipqueue.storage import object_key, storage_from_settings
@@ -145,7 +155,8 @@ def process_clip(self, clip_id: str) -> StoredClip | None:
 
     store = job_store()
     worker = self.request.hostname or worker_name()
-    lease = JobLease(get_redis(), clip_id, settings.lease_ttl_seconds, owner=worker)
+    lease = JobLease(get_redis(), clip_id, settings.lease_ttl_seconds, owner=worker,
+                     cancel_poll_seconds=settings.cancel_poll_seconds, on_cancel=kill_running)
     if not lease.acquire():
         # Another delivery holds the lease. If it lives, this copy finds the clip done
         # when it comes back; if it died (its pool process was killed), the lease will
@@ -182,19 +193,50 @@ def process_clip(self, clip_id: str) -> StoredClip | None:
         jlog.info("attempt %d on %s: extracting %.3f-%.3f s (%s, %s)", attempt, worker,
                   request.start_time, request.end_time, request.quality, request.mode)
         try:
+            lease.check(renew=True)  # canceled while it waited for its lease
             stored = _produce(clip_id, request, settings, store, lease.check)
             lease.check(renew=True)
             if not _keep_output(jlog, clip_id, stored):
+                # Only a canceled clip's files go: a clip another delivery made ready has the same keys.
+                if clips.get(clip_id).status == STATUS_CANCELED:
+                    _stopped_by_cancel(jlog, clip_id, settings, store)
                 return None
+        except JobCanceled:
+            _stopped_by_cancel(jlog, clip_id, settings, store)
+            return None
         except LeaseLost as exc:
             jlog.warning("stopped: %s", exc)
             return None
-        except InputError as exc:
+        except Exception as exc:
+            if lease.canceled.is_set():
+                # Its FFmpeg was killed under it: what failed is the cancel, not the clip.
+                _stopped_by_cancel(jlog, clip_id, settings, store)
+                return None
+            if not isinstance(exc, InputError):
+                raise
             # The clip's own input cannot be cut: no retry, no dead letter, one line in the log.
             clips.mark_failed(clip_id, describe_error(exc), code=failure_code(exc), attempts=attempt)
             return None
         store.update(clip_id, stage="finalizing", progress=95)
     return stored
+
+
+def _stopped_by_cancel(jlog, clip_id: str, settings: Settings, store) -> None:
+    """A canceled job stopped: its scratch is gone with its folder; remove anything it stored."""
+    discard_output(clip_id, settings)
+    # The job wrote "running" over the cancel's metadata if the two crossed.
+    store.update(clip_id, status=JOB_CANCELED, stage=None)
+    jlog.info("job stopped: the clip was canceled")
+
+
+def discard_output(clip_id: str, settings: Settings) -> None:
+    """Remove the clip's stored files: a canceled clip keeps nothing."""
+    storage = storage_from_settings(settings)
+    for suffix in (".mp4", ".jpg"):
+        try:
+            storage.delete(object_key(clip_id, suffix))
+        except (ClipqueueError, OSError) as exc:
+            job_logger(log, clip_id).warning("could not remove %s of a canceled clip: %s", suffix, exc)
 
 
 def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
@@ -314,8 +356,12 @@ def finalize_clip(self, stored: StoredClip | None, clip_id: str) -> None:
     Without ``stored`` (a duplicate delivery's chain, or the janitor sending
     finalizing again) it uses the output the job kept in the database, if any.
     """
+    clip = clips.get(clip_id)
+    if clip is not None and clip.status == STATUS_CANCELED:
+        # Canceled after its files were stored: they go, and the clip stays canceled.
+        discard_output(clip_id, current_app.config["CLIPQUEUE"])
+        return
     if stored is None:
-        clip = clips.get(clip_id)
         stored = clip.output if clip is not None and clip.status == STATUS_PROCESSING else None
         if stored is None:
             return
@@ -358,6 +404,17 @@ def sweep_outbox_task() -> int | None:
     return queued
 
 
+def deliver_webhook_task(delivery_id: str) -> str:
+    """Attempt one webhook delivery (see :func:`clipqueue.webhooks.deliver`)."""
+    return webhooks.deliver(delivery_id)
+
+
+def sweep_webhooks_task() -> int | None:
+    """Send webhook deliveries that are overdue and whose message was lost."""
+    settings: Settings = current_app.config["CLIPQUEUE"]
+    return _exclusively("webhooks", settings.webhook_sweep_seconds, webhooks.sweep_deliveries)
+
+
 def register_tasks(celery: Celery, settings: Settings) -> None:
     """Register the tasks on ``celery``, retried as ``settings`` say.
 
@@ -378,3 +435,6 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
     celery.task(name=FINALIZE_TASK, **retry)(finalize_clip)
     celery.task(name=JANITOR_TASK, shared=False)(janitor_task)
     celery.task(name=SWEEP_OUTBOX_TASK, shared=False)(sweep_outbox_task)
+    # Its own backoff, in the database (clipqueue.webhooks): a retry must outlive workers and Redis.
+    celery.task(name=webhooks.DELIVER_TASK, shared=False)(deliver_webhook_task)
+    celery.task(name=webhooks.SWEEP_TASK, shared=False)(sweep_webhooks_task)

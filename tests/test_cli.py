@@ -22,7 +22,7 @@ def _commands(help_text: str) -> set[str]:
 def test_help_lists_clipqueues_commands_and_none_of_flasks():
     result = _run("--help")
     assert result.returncode == 0, result.stderr
-    assert _commands(result.stdout) == {"db", "dead-letter", "worker", "worker-health"}
+    assert _commands(result.stdout) == {"db", "dead-letter", "webhooks", "worker", "worker-health"}
     assert "--app" not in result.stdout  # no Flask option to load some other app either
 
 

@@ -74,7 +74,8 @@ def _origin(url: str) -> tuple[str, str]:
 def open_checked(session: requests.Session, url: str, policy: SourcePolicy, *,
                  method: str = "GET", headers: dict[str, str] | None = None,
                  timeout: float | tuple[float, float] = 15.0, max_redirects: int = MAX_REDIRECTS,
-                 stream: bool = True, verify: bool | str = True) -> requests.Response:
+                 stream: bool = True, verify: bool | str = True, data: bytes | None = None,
+                 follow_redirects: bool = True) -> requests.Response:
     """Send ``method url`` through ``session`` (from :func:`checked_session`) if ``policy`` allows it.
 
     Connects to the address that was checked; redirects (301, 302, 303, 307,
@@ -83,7 +84,8 @@ def open_checked(session: requests.Session, url: str, policy: SourcePolicy, *,
     not a redirect, unread when ``stream``; the caller closes it and judges
     its status. Raises ``ForbiddenSource`` when the URL or a hop is refused
     or there are too many redirects, and ``requests`` exceptions (timeouts,
-    connection errors) as they come.
+    connection errors) as they come. ``data`` is the request body; without
+    ``follow_redirects`` a redirect is returned like any other answer.
     """
     if not isinstance(session.get_adapter("http://"), PinnedAdapter) or \
             not isinstance(session.get_adapter("https://"), PinnedAdapter):
@@ -91,8 +93,8 @@ def open_checked(session: requests.Session, url: str, policy: SourcePolicy, *,
     headers = dict(headers or {})
     for _ in range(max_redirects + 1):
         target = vet_url(url, policy)
-        response = _send_pinned(session, method, target, headers, timeout, stream, verify)
-        if not (response.is_redirect and response.headers.get("location")):
+        response = _send_pinned(session, method, target, headers, timeout, stream, verify, data)
+        if not follow_redirects or not (response.is_redirect and response.headers.get("location")):
             return response
         location = response.headers["location"]
         status = response.status_code
@@ -107,10 +109,10 @@ def open_checked(session: requests.Session, url: str, policy: SourcePolicy, *,
 
 
 def _send_pinned(session: requests.Session, method: str, target: CheckedURL, headers: dict[str, str],
-                 timeout, stream: bool, verify) -> requests.Response:
+                 timeout, stream: bool, verify, data: bytes | None = None) -> requests.Response:
     candidates = target.addresses[:MAX_ADDRESSES_TRIED]
     for index, address in enumerate(candidates):
-        prepared = session.prepare_request(requests.Request(method, target.url, headers=headers))
+        prepared = session.prepare_request(requests.Request(method, target.url, headers=headers, data=data))
         prepared.clipqueue_target = replace(target, addresses=(address,))
         try:
             return session.send(prepared, allow_redirects=False, stream=stream, timeout=timeout,

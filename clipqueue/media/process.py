@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 
 from clipqueue.exceptions import InvalidMedia
 
@@ -17,6 +18,10 @@ _SETPRIV = shutil.which("setpriv")
 # What is left of a local path or a relay's loopback URL in FFmpeg's log once the arguments are replaced.
 _RELAY_URL = re.compile(r"https?://(?:127\.\d+\.\d+\.\d+|localhost|\[::1\])(?::\d+)?(?:/[^\s'\":]*)?")
 _LOCAL_PATH = re.compile(r"(?:file:)?(?<![\w.~-])/[\w.@+~/-]*[\w@+~-]")
+
+# The FFmpeg and ffprobe children running now, so that a canceled job can stop them at once.
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
 
 
 def dies_with_parent(args: list[str]) -> list[str]:
@@ -54,13 +59,34 @@ def run_ffmpeg_logged(args: list[str], timeout: float = FFMPEG_TIMEOUT_SECONDS, 
     """:func:`run_ffmpeg`, returning stdout and the log (stderr)."""
     with subprocess.Popen(dies_with_parent(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, env=child_environment()) as proc:
+        with _running_lock:
+            _running.add(proc)
         try:
             out, err = proc.communicate(timeout=timeout)
         except BaseException:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            with _running_lock:
+                _running.discard(proc)
     log = err.decode(errors="replace")
     if proc.returncode != 0:
         raise InvalidMedia(f"{what} failed ({proc.returncode}): {without_locations(log.strip()[-1500:], args)}")
     return out.decode(errors="replace"), log
+
+
+def kill_running() -> int:
+    """Kill every FFmpeg and ffprobe this process runs now (a job was canceled); return how many.
+
+    A worker process runs one job at a time, so its children are that job's.
+    Their callers see them fail and stop.
+    """
+    with _running_lock:
+        procs = list(_running)
+    for proc in procs:
+        try:
+            proc.kill()
+        except OSError:
+            pass
+    return len(procs)
