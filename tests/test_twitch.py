@@ -102,6 +102,7 @@ def test_a_vod_resolves_as_twitchs_web_player_asks(twitch):
     assert resolved.video_id == VOD_ID and resolved.master_text.startswith("#EXTM3U")
     method, path, headers = twitch.state.requests[0]
     assert (method, path) == ("POST", "/gql") and headers["Client-ID"] == TwitchConfig().client_id
+    assert headers["Content-Type"] == "application/json"  # what any JSON API, Twitch's included, reads
     assert "Authorization" not in headers
     usher = urlsplit(resolved.master_url)
     assert usher.path == f"/vod/{VOD_ID}.m3u8"

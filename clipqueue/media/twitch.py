@@ -224,7 +224,7 @@ class TwitchResolver:
         return self._with_retries(fetch, "usher")
 
     def _gql(self, query: str) -> dict:
-        headers = {"Client-ID": self.config.client_id, "Content-Type": "text/plain;charset=UTF-8"}
+        headers = {"Client-ID": self.config.client_id, "Content-Type": "application/json"}
         if self.config.oauth_token:
             headers["Authorization"] = f"OAuth {self.config.oauth_token}"
 
