@@ -221,7 +221,7 @@ class TwitchResolver:
                 raise TwitchVodNotFound(f"Twitch has no playlist for VOD {video_id}{detail}")
             raise TwitchRefused(f"Twitch's usher answered {response.status_code} for VOD {video_id}")
 
-        return self._with_retries(fetch, "usher")
+        return self._with_retries(fetch)
 
     def _gql(self, query: str) -> dict:
         headers = {"Client-ID": self.config.client_id, "Content-Type": "application/json"}
@@ -250,7 +250,7 @@ class TwitchResolver:
                 raise SourceUnavailable(f"Twitch's GQL API failed: {messages}")
             return answer.get("data") or {}
 
-        return self._with_retries(ask, "GQL")
+        return self._with_retries(ask)
 
     def _send(self, method: str, url: str, **kwargs) -> requests.Response:
         try:
@@ -262,7 +262,7 @@ class TwitchResolver:
             raise SourceUnavailable(f"Twitch answered {response.status_code} at {urlsplit(url).path}")
         return response
 
-    def _with_retries(self, action: Callable[[], T], what: str) -> T:
+    def _with_retries(self, action: Callable[[], T]) -> T:
         for delay in RETRY_DELAYS:
             try:
                 return action()
