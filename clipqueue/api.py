@@ -137,13 +137,7 @@ def check_source(vod_url: str, settings: Settings) -> None:
             raise ValidationError("forbidden source: Twitch links need twitch.tv in ALLOWED_SOURCE_HOSTS",
                                   "vod_url", "forbidden_source")
         return
-    try:
-        check_url(vod_url, policy, dns_timeout=defaults.API_DNS_TIMEOUT_SECONDS)
-    except ForbiddenSource as exc:
-        raise ValidationError(str(exc), "vod_url", "forbidden_source") from exc
-    except SourceUnavailable:
-        # DNS is failing or slow for now: the worker checks the URL again before any fetch.
-        pass
+    _refuse_forbidden(vod_url, policy, "vod_url")
 
 
 def check_callback(callback_url: str, settings: Settings) -> None:
@@ -151,12 +145,20 @@ def check_callback(callback_url: str, settings: Settings) -> None:
 
     Each delivery is checked again (the name may resolve elsewhere by then).
     """
+    _refuse_forbidden(callback_url, SourcePolicy.from_settings(settings), "callback_url", what="callback_url")
+
+
+def _refuse_forbidden(url: str, policy: SourcePolicy, field: str, what: str = "source") -> None:
+    """Raise a 400 naming ``field`` if the policy forbids ``url``, after a DNS lookup bounded for the API.
+
+    A lookup that is failing or slow leaves the URL undecided, not refused: it
+    is checked again before anything is fetched from or sent to it.
+    """
     try:
-        check_url(callback_url, SourcePolicy.from_settings(settings),
-                  dns_timeout=defaults.API_DNS_TIMEOUT_SECONDS)
+        check_url(url, policy, dns_timeout=defaults.API_DNS_TIMEOUT_SECONDS)
     except ForbiddenSource as exc:
-        raise ValidationError(str(exc).replace("forbidden source", "forbidden callback_url", 1),
-                              "callback_url", "forbidden_source") from exc
+        raise ValidationError(str(exc).replace("forbidden source", f"forbidden {what}", 1),
+                              field, "forbidden_source") from exc
     except SourceUnavailable:
         pass
 
