@@ -58,7 +58,7 @@ from clipqueue.jobs import JOB_QUEUED, JOB_RETRYING, JOB_RUNNING, decode_record,
 from clipqueue.keys import job_key, lease_key
 from clipqueue.models import STATUS_PROCESSING, Clip, as_utc, db, utcnow
 from clipqueue.queue import (
-    queued_message_count, requeue_job, send_finalize, unacked_clip_ids, waiting_clip_ids,
+    pending_count, requeue_job, send_finalize, unacked_clip_ids, waiting_clip_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def _lost_messages(settings: Settings, unheld: set[str], quiet: dict[str, str | 
         return set()
     expected = len(unheld - held)
     last_scan = float(client.get(LAST_QUEUE_SCAN_KEY) or 0)
-    if queued_message_count() >= expected and time.time() - last_scan < settings.processing_deadline_seconds:
+    if pending_count() >= expected and time.time() - last_scan < settings.processing_deadline_seconds:
         return set()  # as many messages wait as jobs: nothing is missing, or a duplicate hides it for now
     client.set(LAST_QUEUE_SCAN_KEY, time.time())
     return quiet - waiting_clip_ids()

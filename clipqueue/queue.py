@@ -124,14 +124,6 @@ def job_queue_keys() -> list[str]:
     return [JOB_QUEUE, *(f"{JOB_QUEUE}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)]
 
 
-def queued_message_count() -> int:
-    """Messages waiting in ``clip_extraction_jobs`` at every priority (a few LLENs)."""
-    pipe = get_redis().pipeline(transaction=False)
-    for key in job_queue_keys():
-        pipe.llen(key)
-    return sum(pipe.execute())
-
-
 def waiting_clip_ids() -> set[str]:
     """The clips whose job message waits in ``clip_extraction_jobs`` (one pass in slices, inside Redis)."""
     client = get_redis()
@@ -168,8 +160,11 @@ def unacked_clip_ids() -> set[str]:
 
 
 def pending_count() -> int:
-    """Jobs waiting in ``clip_extraction_jobs`` (the seed's GetPendingJobsCount)."""
-    return int(get_redis().llen(JOB_QUEUE))
+    """Jobs waiting in ``clip_extraction_jobs`` at every priority (the seed's GetPendingJobsCount; a few LLENs)."""
+    pipe = get_redis().pipeline(transaction=False)
+    for key in job_queue_keys():
+        pipe.llen(key)
+    return int(sum(pipe.execute()))
 
 
 def dead_letter_count() -> int:

@@ -41,7 +41,7 @@ def test_metrics_report_queue_depth_and_clips_by_status(service_factory):
     assert values[("clipqueue_redis_up", ())] == 1
 
 
-def test_queue_length_counts_the_messages_kombu_keeps_in_priority_sub_lists(service_factory):
+def test_queue_length_and_pending_count_the_messages_kombu_keeps_in_priority_sub_lists(service_factory):
     import redis
 
     from clipqueue.queue import job_queue_keys
@@ -53,6 +53,7 @@ def test_queue_length_counts_the_messages_kombu_keeps_in_priority_sub_lists(serv
         client.lpush(key, "{}")
     values = samples(service.client.get("/metrics"))
     assert values[("clipqueue_queue_length", (("queue", "clip_extraction_jobs"),))] == 1 + len(job_queue_keys()[1:])
+    assert service.client.get("/api/v1/queue").get_json()["pending"] == 1 + len(job_queue_keys()[1:])
 
 
 def test_metrics_are_refused_to_remote_clients_without_a_token(service_factory):
