@@ -188,9 +188,8 @@ def _created(clip: Clip, status: int):
 def _earlier_create(key: str, clip_input: schemas.ClipRequest):
     """A retried POST: the clip its key made before, or 409 if the key now asks for another clip."""
     clip = Clip.query.filter_by(idempotency_key=key).one()
-    made = (clip.vod_url, clip.start_time, clip.end_time, clip.quality, clip.mode, clip.title,
-            clip.callback_url)
-    if clip_input.as_created != made:
+    asked = clip_input.columns
+    if asked != {name: getattr(clip, name) for name in asked}:
         return error_response(409, "idempotency_key_reused",
                               f"{IDEMPOTENCY_HEADER} {key!r} was used for a different clip", IDEMPOTENCY_HEADER)
     return _created(clip, 200)
@@ -221,16 +220,7 @@ def create_clip():
         check_callback(clip_input.callback_url, settings)
     if key is not None and Clip.query.filter_by(idempotency_key=key).first() is not None:
         return _earlier_create(key, clip_input)
-    clip = Clip(
-        vod_url=clip_input.vod_url,
-        start_time=clip_input.start_time,
-        end_time=clip_input.end_time,
-        quality=clip_input.quality,
-        mode=clip_input.mode,
-        title=clip_input.title,
-        callback_url=clip_input.callback_url,
-        idempotency_key=key,
-    )
+    clip = Clip(**clip_input.columns, idempotency_key=key)
     db.session.add(clip)
     # Commit before queuing: a worker must always find the row it is sent.
     try:

@@ -45,6 +45,7 @@ def job_fields(clip) -> dict[str, Any]:
         "quality": clip.quality,
         "mode": clip.mode,
         "title": clip.title,
+        "priority": clip.priority or "normal",
     }
 
 

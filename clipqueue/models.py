@@ -22,6 +22,17 @@ STATUS_FAILED = "failed"
 STATUS_CANCELED = "canceled"
 CLIP_STATUSES = (STATUS_PROCESSING, STATUS_READY, STATUS_FAILED, STATUS_CANCELED)
 
+PRIORITY_HIGH = "high"
+PRIORITY_NORMAL = "normal"
+PRIORITY_LOW = "low"
+PRIORITIES = (PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW)
+
+# Outputs a clip may ask for beside the clip, its thumbnails and its preview.
+OUTPUT_PORTRAIT = "portrait"
+OUTPUTS = (OUTPUT_PORTRAIT,)
+# How a portrait version fills 9:16: a centre crop, or the whole picture over a blurred copy of itself.
+PORTRAIT_FILLS = ("crop", "blur")
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -43,6 +54,11 @@ class Clip(db.Model):
     """One requested clip and, once processed, where its files are."""
 
     __tablename__ = "clips"
+    # GET /api/v1/clips pages newest first by (created_at, id), with or without a status.
+    __table_args__ = (
+        sa.Index("ix_clips_created_at_id", "created_at", "id"),
+        sa.Index("ix_clips_status_created_at_id", "status", "created_at", "id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
     vod_url: Mapped[str] = mapped_column(sa.Text)
@@ -66,6 +82,14 @@ class Clip(db.Model):
     codec: Mapped[str | None] = mapped_column(sa.String(16))  # the clip's video codec; None for audio only
     # Where this clip's events are POSTed, beside WEBHOOK_URL (clipqueue.webhooks).
     callback_url: Mapped[str | None] = mapped_column(sa.Text)
+    # A queued high job starts before any queued normal one, low after both (clipqueue.queue).
+    priority: Mapped[str] = mapped_column(sa.String(8), default=PRIORITY_NORMAL, server_default=PRIORITY_NORMAL)
+    # Extra outputs asked for (OUTPUTS), and how the portrait version fills its frame.
+    outputs: Mapped[list | None] = mapped_column(sa.JSON)
+    portrait_fill: Mapped[str | None] = mapped_column(sa.String(8))
+    preview_url: Mapped[str | None] = mapped_column(sa.Text)
+    thumbnails: Mapped[dict | None] = mapped_column(sa.JSON)  # {"small": url, "medium": url, "large": url}
+    portrait_url: Mapped[str | None] = mapped_column(sa.Text)
     error: Mapped[str | None] = mapped_column(sa.Text)
     # Why a failed clip failed, as a short code metrics count by (the exception's code: tasks.failure_code).
     failure_code: Mapped[str | None] = mapped_column(sa.String(32))

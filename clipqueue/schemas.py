@@ -35,7 +35,15 @@ from clipqueue.config import Settings
 from clipqueue.exceptions import ValidationError
 from clipqueue.jobs import JOB_CANCELED, JOB_COMPLETED, JOB_FAILED, JOB_QUEUED, JOB_RETRYING, JOB_RUNNING
 from clipqueue.media.playlist import QUALITIES
-from clipqueue.models import CLIP_STATUSES, DELIVERY_STATUSES, isoformat
+from clipqueue.models import (
+    CLIP_STATUSES,
+    DELIVERY_STATUSES,
+    OUTPUTS,
+    PORTRAIT_FILLS,
+    PRIORITIES,
+    PRIORITY_NORMAL,
+    isoformat,
+)
 
 MODES = ("accurate", "copy")
 DEFAULT_QUALITY = "auto"
@@ -45,6 +53,9 @@ JOB_STATUSES = (JOB_QUEUED, JOB_RUNNING, JOB_RETRYING, JOB_COMPLETED, JOB_FAILED
 Quality = Literal[QUALITIES]
 Mode = Literal[MODES]
 ClipStatus = Literal[CLIP_STATUSES]
+Priority = Literal[PRIORITIES]
+Output = Literal[OUTPUTS]
+PortraitFill = Literal[PORTRAIT_FILLS]
 
 
 def _any_case(text: str) -> str:
@@ -140,6 +151,14 @@ class ClipRequest(BaseModel):
     mode: Mode | None = DEFAULT_MODE
     title: Title | None = None
     callback_url: CallbackUrl | None = None
+    priority: Annotated[Priority, Field(
+        description="a queued high job starts before any queued normal one, low after both")] | None = PRIORITY_NORMAL
+    outputs: Annotated[list[Output], Field(
+        max_length=len(OUTPUTS),
+        description="extra versions to make: portrait, a 9:16 version (portrait_url)")] | None = None
+    portrait_fill: Annotated[PortraitFill, Field(
+        description="how the portrait version fills 9:16: crop (the centre, the default) or blur "
+                    "(the whole picture over a blurred copy of itself)")] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -167,11 +186,22 @@ class ClipRequest(BaseModel):
                 "invalid_field", f"clip is {length:g} s long; the maximum is {cls.max_clip_seconds:g} s")
         return end_time
 
+    @field_validator("outputs")
+    @classmethod
+    def _each_output_once(cls, outputs: list[str]) -> list[str]:
+        return sorted(set(outputs))
+
     @property
-    def as_created(self) -> tuple:
-        """What the clip is made of, to compare a retried POST with the clip it made."""
-        return (self.vod_url, self.start_time, self.end_time, self.quality, self.mode, self.title,
-                self.callback_url)
+    def columns(self) -> dict[str, Any]:
+        """The clip row's columns this request sets: to create it, and to compare a retried POST with it."""
+        outputs = self.outputs or None
+        portrait = outputs is not None and "portrait" in outputs
+        return {
+            "vod_url": self.vod_url, "start_time": self.start_time, "end_time": self.end_time,
+            "quality": self.quality, "mode": self.mode, "title": self.title,
+            "callback_url": self.callback_url, "priority": self.priority, "outputs": outputs,
+            "portrait_fill": (self.portrait_fill or "crop") if portrait else None,
+        }
 
 
 def allowed_hosts_url_pattern(allowed_hosts: tuple[str, ...]) -> str:
@@ -268,6 +298,13 @@ class Clip(BaseModel):
         description="how the clip was made: smart_cut, reencode (exact, every frame encoded again) or copy")
     codec: str | None = Field(description="the clip's video codec (h264, hevc or av1); null for audio only")
     callback_url: str | None = Field(description="where this clip's events are POSTed, beside WEBHOOK_URL")
+    priority: Priority
+    outputs: list[Output] = Field(description="extra versions asked for")
+    portrait_fill: PortraitFill | None
+    preview_url: str | None = Field(description="a short animated loop (at most 640 px wide and 6 s)")
+    thumbnails: dict[Literal["small", "medium", "large"], str] | None = Field(
+        description="thumbnails 320, 640 and 1280 px wide (never upscaled)")
+    portrait_url: str | None = Field(description="the 9:16 version, when outputs asked for portrait")
     error: str | None
     failure_code: str | None = Field(
         description="why a failed clip failed, e.g. source_not_found, range_not_in_vod, storage_unavailable")
@@ -281,8 +318,11 @@ class Clip(BaseModel):
         return cls(
             clip_id=str(clip.id), id=str(clip.id),
             **{name: getattr(clip, name) for name in cls.model_fields
-               if name not in ("clip_id", "id", "muted_ranges", "created_at", "updated_at", "processed_at")},
+               if name not in ("clip_id", "id", "muted_ranges", "priority", "outputs",
+                               "created_at", "updated_at", "processed_at")},
             muted_ranges=[list(r) for r in (clip.muted_ranges or [])],
+            priority=clip.priority or PRIORITY_NORMAL,
+            outputs=list(clip.outputs or []),
             created_at=isoformat(clip.created_at),
             updated_at=isoformat(clip.updated_at),
             processed_at=isoformat(clip.processed_at),
@@ -299,6 +339,7 @@ class Job(BaseModel):
     start_time: float | None = None
     end_time: float | None = None
     quality: str | None = None
+    priority: Priority | None = None
     started_at: str | None = None
     stage: str | None = None
     progress: Annotated[int, Field(ge=0, le=100)] | None = None
