@@ -35,7 +35,8 @@ from tests.security.test_flower import _procfile_command
 from tests.services import REPO, wait_until
 from tests.test_reliability import uploads
 
-pytestmark = pytest.mark.e2e
+# Six hosts' worth of processes start on a machine of 2 cores: more than the suite's 300 s when it is loaded.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
 VENV_BIN = str(Path(sys.executable).parent)
 STORM = 12
