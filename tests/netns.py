@@ -10,7 +10,8 @@ runs (Celery names its workers after the host). Cutting a host's cable
 
 Every name starts with ``cqmh<pid>``: :func:`remove_leftovers` deletes what
 a crashed earlier run left (namespaces whose run is gone, with whatever
-still runs in them), and :meth:`Network.remove` deletes a run's own.
+still runs in them, and its temporary folders), and :meth:`Network.remove`
+deletes a run's own.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import fcntl
 import ipaddress
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -73,7 +76,11 @@ def delete_namespace(namespace: str) -> None:
 
 
 def remove_leftovers() -> None:
-    """Delete namespaces and links an earlier run left behind (its process is gone)."""
+    """Delete namespaces, links and folders an earlier run left behind (its process is gone)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-*"):
+        owner = _LEFTOVER.match(folder.name)
+        if owner and folder.is_dir() and not _alive(int(owner.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
     with suppress(NamespacesUnavailable):
         for line in ip("netns", "list").splitlines():
             name = line.split()[0] if line.split() else ""
@@ -167,11 +174,6 @@ class Network:
     def address(self, index: int) -> str:
         return str(self.subnet[index])
 
-    @property
-    def client_address(self) -> str:
-        """The test's own address on the network."""
-        return self.address(1)
-
     def add_host(self, name: str) -> Host:
         """A new namespace ``name`` with an address on the bridge and a loopback of its own."""
         index = len(self.hosts) + 2
@@ -198,9 +200,13 @@ class Network:
             host.kill()
             delete_namespace(host.namespace)
         delete_namespace(self.switch)  # takes the test's veth with it
-        with suppress(NamespacesUnavailable):
-            if self.root_link in ip("-o", "link", "show"):
-                ip("link", "delete", self.root_link)
+        with suppress(NamespacesUnavailable):  # already gone
+            ip("link", "delete", self.root_link)
+
+    def folder(self, name: str) -> Path:
+        """A new folder in the system's temporary folder that :func:`remove_leftovers` removes if this run
+        crashes (for what cannot live in pytest's folders, which are root's alone)."""
+        return Path(tempfile.mkdtemp(prefix=f"{self.prefix}-{name}-"))
 
 
 def _free_subnet() -> ipaddress.IPv4Network:

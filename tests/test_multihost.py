@@ -15,6 +15,8 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,10 +32,12 @@ import requests
 from clipqueue.keys import worker_alive_key
 from tests.conftest import AWS_ENV
 from tests.mediacheck import assert_playable_mp4, fetch_stored
-from tests.netns import Host, NamespacesUnavailable, Network
+from tests.netns import (
+    PREFIX, Host, NamespacesUnavailable, Network, delete_namespace, ip, namespace_pids, remove_leftovers,
+)
 from tests.security.test_flower import _procfile_command
 from tests.services import REPO, wait_until
-from tests.test_reliability import uploads
+from tests.test_reliability import FAST_RECOVERY, uploads
 
 # Six hosts' worth of processes start on a machine of 2 cores: more than the suite's 300 s when it is loaded.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
@@ -43,30 +47,26 @@ STORM = 12
 BUCKET = "clips"
 EARLY_STAGES = ("fetching", "cutting")  # a job there has work left: cut off, it cannot finish
 REDIS_PORT, POSTGRES_PORT, S3_PORT, VOD_PORT, WEB_PORT = 6379, 5432, 5000, 8089, 8000
-# A lost worker is noticed within seconds, not the defaults' minutes: its lease expires after
-# LEASE_TTL_SECONDS, its presence after WORKER_HEARTBEAT_MAX_AGE_SECONDS, and the janitor looks every second.
-FAST_RECOVERY = {
-    "LEASE_TTL_SECONDS": "3",
-    "JANITOR_INTERVAL_SECONDS": "1",
-    "VISIBILITY_TIMEOUT_SECONDS": "120",
-    "WORKER_HEARTBEAT_SECONDS": "1",
-    "WORKER_HEARTBEAT_MAX_AGE_SECONDS": "3",
-    "JOB_RETRY_BACKOFF_SECONDS": "1",
-    "JOB_RETRY_BACKOFF_MAX_SECONDS": "2",
-    "OUTBOX_SWEEP_SECONDS": "1",
-}
+# A lost worker is noticed within seconds, not the defaults' minutes (FAST_RECOVERY), and retries wait little.
+QUICK = {**FAST_RECOVERY, "JOB_RETRY_BACKOFF_SECONDS": "1", "JOB_RETRY_BACKOFF_MAX_SECONDS": "2",
+         "OUTBOX_SWEEP_SECONDS": "1"}
+
+
+def without_namespaces(exc: NamespacesUnavailable) -> None:
+    """Skip, with the reason, where namespaces cannot be made; under CI, where they can, fail."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must be able to make network namespaces: {exc}")
+    pytest.skip(f"network namespaces cannot be made here: {exc}")
 
 
 @pytest.fixture
 def network():
-    """The test's own network; skipped, with the reason, where namespaces cannot be made (failed under CI)."""
+    """The test's own network, removed afterwards whatever happened."""
     net = Network()
     try:
         net.create()
     except NamespacesUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must be able to make network namespaces: {exc}")
-        pytest.skip(f"network namespaces cannot be made here: {exc}")
+        without_namespaces(exc)
     yield net
     net.remove()
 
@@ -154,8 +154,7 @@ def start_stores(core: Host, cdn: Host, bindir: Path, cluster: Path, vod_dir: Pa
 @pytest.fixture
 def deployment(network, postgres_bin, vod_dir, tmp_path) -> Deployment:
     """Every host of README's layout, started in the order a deploy would, each process answering."""
-    # The postgres user's own folder for its cluster: pytest's folders are root's only.
-    cluster = Path(tempfile.mkdtemp(prefix="cqmh-postgres-"))
+    cluster = network.folder("postgres")  # the postgres user's: pytest's folders are root's alone
     shutil.chown(cluster, "postgres", "postgres")
     try:
         yield start_deployment(network, postgres_bin, cluster, vod_dir, tmp_path)
@@ -173,7 +172,7 @@ def start_deployment(network: Network, postgres_bin: Path, cluster: Path, vod_di
     # What every host is told: where the shared stores are, and nothing else.
     env = {
         **AWS_ENV,
-        **FAST_RECOVERY,
+        **QUICK,
         "REDIS_URL": f"redis://{core.address}:{REDIS_PORT}/0",
         "DATABASE_URL": f"postgresql://postgres@{core.address}:{POSTGRES_PORT}/postgres",
         "S3_BUCKET": BUCKET,
@@ -288,3 +287,27 @@ def test_worker_host_lost_mid_storm_every_clip_ready_once(deployment, tmp_path):
         # Copy mode starts at the keyframe before start_time (one every 2 s in the test VOD).
         tolerance = 0.2 if body["mode"] == "accurate" else 2.1
         assert_playable_mp4(video, body["end_time"] - body["start_time"], tolerance)
+
+
+def test_what_a_crashed_run_left_is_removed_by_the_next():
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    crashed = f"{PREFIX}{ended.pid}"  # names a run whose process is gone
+    namespace = f"{crashed}-core"
+    try:
+        ip("netns", "add", namespace)
+    except NamespacesUnavailable as exc:
+        without_namespaces(exc)
+    folder = Path(tempfile.gettempdir()) / f"{crashed}-postgres-x"
+    folder.mkdir()
+    survivor = subprocess.Popen(["ip", "netns", "exec", namespace, "sleep", "60"])
+    try:
+        wait_until(lambda: namespace_pids(namespace), 10, what="a process in the leftover namespace")
+        remove_leftovers()
+        assert survivor.wait(10) == -signal.SIGKILL
+        assert namespace not in ip("netns", "list").split()
+        assert not folder.exists()
+    finally:
+        survivor.kill()
+        delete_namespace(namespace)
+        shutil.rmtree(folder, ignore_errors=True)
