@@ -83,6 +83,10 @@ def open_page(browser):
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
+        # Console errors too (a request the Content-Security-Policy refused is one), but not the
+        # API's 4xx answers the tests ask for, which Chromium logs as well.
+        page.on("console", lambda message: message.type == "error" and not message.text.startswith(
+            "Failed to load resource: the server responded") and errors.append(message.text))
         page.js_errors = errors
         page.goto(url)
         return page
@@ -148,8 +152,10 @@ def card(page, clip_id: str) -> str:
 
 def test_a_clip_made_through_the_form_moves_live_to_a_playable_card(
         service_factory, master_url, tmp_path, open_page, screenshots):
+    vod_origin = master_url.split("/hls/")[0]
     with live_service(service_factory, tmp_path) as (_, base):
         page = open_page(f"{base}/", permissions=["clipboard-read", "clipboard-write"])
+        assert "script-src 'self'" in requests.get(f"{base}/", timeout=10).headers["Content-Security-Policy"]
         assert page.locator('input[name="api_token"]').is_hidden(), "no token asked where API_TOKENS is unset"
         page.wait_for_selector('#stream-state[data-state="live"]')
         page.evaluate(RECORD_CARD_CHANGES)
@@ -204,6 +210,9 @@ def test_a_clip_made_through_the_form_moves_live_to_a_playable_card(
         page.set_viewport_size(PHONE)
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "horizontal overflow"
         page.screenshot(path=screenshots / "page-phone.png", full_page=True)
+        # Everything came from the service, or the VOD for the player: no CDN.
+        origins = page.evaluate("performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
+        assert set(origins) <= {base, vod_origin}, origins
         assert page.js_errors == []
 
 
@@ -248,6 +257,20 @@ def test_with_api_tokens_the_page_asks_for_one_shows_the_failure_and_replays_the
             statuses = [status for status, _ in page.evaluate("window.cardChanges")]
             after_failing = statuses[statuses.index("failed"):]
             assert "processing" in after_failing and after_failing[-1] == "ready", statuses
+
+            # A reload keeps the token and shows the clip again.
+            page.reload()
+            page.wait_for_selector(f'{card(page, clip_id)}[data-status="ready"]')
+            page.wait_for_selector('#stream-state[data-state="live"]')
+
+            # A slow source keeps the next clip processing until its Cancel button is pressed.
+            source.behaviour.latency = 2.0
+            fill_clip_form(page, f"{source.url}/hls/master.m3u8", "10", "14")
+            page.click("#create-button")
+            slow = new_card_id(page, {clip_id})
+            page.click(f"{card(page, slow)} button.cancel")
+            page.wait_for_selector(f'{card(page, slow)}[data-status="canceled"]')
+            assert requests.get(f"{base}/api/v1/clips/{slow}", timeout=10).json()["status"] == "canceled"
             assert page.js_errors == []
     finally:
         source.stop()
