@@ -13,9 +13,10 @@ from flask import Blueprint, Flask, current_app, render_template
 from flask_swagger_ui import get_swaggerui_blueprint
 
 from clipqueue.config import Settings
+from clipqueue.media.extract import MODES
 from clipqueue.media.playlist import QUALITIES
 from clipqueue.models import PRIORITIES, PRIORITY_NORMAL
-from clipqueue.schemas import DEFAULT_MODE, DEFAULT_QUALITY, MODES
+from clipqueue.schemas import DEFAULT_MODE, DEFAULT_QUALITY
 
 webpage_bp = Blueprint("webpage", __name__)
 
