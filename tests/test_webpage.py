@@ -40,7 +40,8 @@ RECORD_CARD_CHANGES = """() => {
       if (card) window.cardChanges.push([card.dataset.status, Number(card.dataset.progress || 0)]);
     }
   }).observe(document.getElementById("cards"),
-             {subtree: true, childList: true, attributes: true, attributeFilter: ["data-status", "data-progress"]});
+             {subtree: true, childList: true, attributes: true,
+              attributeFilter: ["data-status", "data-progress"]});
   window.sameDocument = "not reloaded";
 }"""
 
@@ -137,16 +138,16 @@ def fill_clip_form(page, vod_url: str, start: str, end: str, title: str | None =
         page.fill("#title", title)
 
 
+NEW_CARD_ID = """(known) => [...document.querySelectorAll("#cards [data-clip-id]")]
+  .map((card) => card.dataset.clipId).find((id) => !known.includes(id))"""
+
+
 def new_card_id(page, known: set[str] = frozenset()) -> str:
-    ids = (f"[{', '.join(repr(i) for i in known)}]")
-    page.wait_for_function(
-        f"() => [...document.querySelectorAll('#cards [data-clip-id]')].some(c => !{ids}.includes(c.dataset.clipId))")
-    return page.evaluate(
-        f"() => [...document.querySelectorAll('#cards [data-clip-id]')].map(c => c.dataset.clipId)"
-        f".find(id => !{ids}.includes(id))")
+    """The id of the card that appears, besides the ``known`` ones."""
+    return page.wait_for_function(NEW_CARD_ID, arg=sorted(known)).json_value()
 
 
-def card(page, clip_id: str) -> str:
+def card(clip_id: str) -> str:
     return f'#cards [data-clip-id="{clip_id}"]'
 
 
@@ -184,7 +185,7 @@ def test_a_clip_made_through_the_form_moves_live_to_a_playable_card(
         page.click("#create-button")
 
         clip_id = new_card_id(page)
-        page.wait_for_selector(f'{card(page, clip_id)}[data-status="ready"]', timeout=CLIP_TIMEOUT_MS)
+        page.wait_for_selector(f'{card(clip_id)}[data-status="ready"]', timeout=CLIP_TIMEOUT_MS)
         clip = requests.get(f"{base}/api/v1/clips/{clip_id}", timeout=10).json()
         assert (clip["status"], clip["start_time"], clip["end_time"], clip["title"]) == (
             "ready", 2.0, 6.5, "from the page")
@@ -194,21 +195,23 @@ def test_a_clip_made_through_the_form_moves_live_to_a_playable_card(
         assert any(status == "processing" and 0 < progress < 100 for status, progress in changes), (
             f"no progress between 0 and 100 was shown: {changes}")
 
-        thumb = page.locator(f"{card(page, clip_id)} img.thumb")
+        thumb = page.locator(f"{card(clip_id)} img.thumb")
         assert thumb.is_visible() and thumb.get_attribute("src") == clip["thumbnail_url"]
-        page.wait_for_function(f"() => document.querySelector('{card(page, clip_id)} img.thumb').naturalWidth > 0")
-        video = f"{card(page, clip_id)} video.clip-video"
+        page.wait_for_function("(selector) => document.querySelector(selector).naturalWidth > 0",
+                               arg=f"{card(clip_id)} img.thumb")
+        video = f"{card(clip_id)} video.clip-video"
         assert page.get_attribute(video, "src") == clip["video_url"]
         page.screenshot(path=screenshots / "page-laptop.png", full_page=True)
-        page.click(f"{card(page, clip_id)} button.play")
-        page.wait_for_function(f"() => document.querySelector('{video}').readyState >= 2")
+        page.click(f"{card(clip_id)} button.play")
+        page.wait_for_function("(selector) => document.querySelector(selector).readyState >= 2", arg=video)
 
-        page.click(f"{card(page, clip_id)} button.copy")
+        page.click(f"{card(clip_id)} button.copy")
         assert page.evaluate("navigator.clipboard.readText()") == clip["video_url"]
 
-        page.evaluate(f"() => document.querySelector('{video}').pause()")
+        page.evaluate("(selector) => document.querySelector(selector).pause()", video)
         page.set_viewport_size(PHONE)
-        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "horizontal overflow"
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page is {overflow} px wider than a phone"
         page.screenshot(path=screenshots / "page-phone.png", full_page=True)
         # Everything came from the service, or the VOD for the player: no CDN.
         origins = page.evaluate("performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
@@ -242,16 +245,16 @@ def test_with_api_tokens_the_page_asks_for_one_shows_the_failure_and_replays_the
             page.click("#create-button")
 
             clip_id = new_card_id(page)
-            page.wait_for_selector(f'{card(page, clip_id)}[data-status="failed"]', timeout=CLIP_TIMEOUT_MS)
-            assert "503" in page.text_content(f"{card(page, clip_id)} .reason")
+            page.wait_for_selector(f'{card(clip_id)}[data-status="failed"]', timeout=CLIP_TIMEOUT_MS)
+            assert "503" in page.text_content(f"{card(clip_id)} .reason")
             dead_letter = f'#dead-letter-list [data-dead-letter-id="{clip_id}"]'
             page.wait_for_selector(dead_letter)
             assert "503" in page.text_content(dead_letter)
 
             source.behaviour.fail_first.clear()  # the operator fixed the source
             page.click(f"{dead_letter} button.replay")
-            page.wait_for_selector(f'{card(page, clip_id)}[data-status="processing"]')
-            page.wait_for_selector(f'{card(page, clip_id)}[data-status="ready"]', timeout=CLIP_TIMEOUT_MS)
+            page.wait_for_selector(f'{card(clip_id)}[data-status="processing"]')
+            page.wait_for_selector(f'{card(clip_id)}[data-status="ready"]', timeout=CLIP_TIMEOUT_MS)
             assert page.locator(dead_letter).count() == 0
             assert page.evaluate("window.sameDocument") == "not reloaded"
             statuses = [status for status, _ in page.evaluate("window.cardChanges")]
@@ -260,7 +263,7 @@ def test_with_api_tokens_the_page_asks_for_one_shows_the_failure_and_replays_the
 
             # A reload keeps the token and shows the clip again.
             page.reload()
-            page.wait_for_selector(f'{card(page, clip_id)}[data-status="ready"]')
+            page.wait_for_selector(f'{card(clip_id)}[data-status="ready"]')
             page.wait_for_selector('#stream-state[data-state="live"]')
 
             # A slow source keeps the next clip processing until its Cancel button is pressed.
@@ -268,8 +271,8 @@ def test_with_api_tokens_the_page_asks_for_one_shows_the_failure_and_replays_the
             fill_clip_form(page, f"{source.url}/hls/master.m3u8", "10", "14")
             page.click("#create-button")
             slow = new_card_id(page, {clip_id})
-            page.click(f"{card(page, slow)} button.cancel")
-            page.wait_for_selector(f'{card(page, slow)}[data-status="canceled"]')
+            page.click(f"{card(slow)} button.cancel")
+            page.wait_for_selector(f'{card(slow)}[data-status="canceled"]')
             assert requests.get(f"{base}/api/v1/clips/{slow}", timeout=10).json()["status"] == "canceled"
             assert page.js_errors == []
     finally:
