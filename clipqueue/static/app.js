@@ -125,6 +125,7 @@
   function tokenChanged() {
     // The stream starts again with the new header; what the token may read is read again.
     if (streamController) streamController.abort();
+    loadClips();
     loadDeadLetters();
   }
 
@@ -481,22 +482,21 @@
   async function loadClips() {
     const {status, data} = await api("GET", `/clips?limit=${LISTED_CLIPS}`);
     let clips = [];
-    if (status === 200 && data && Array.isArray(data.clips)) {
-      listsAllClips = true;
+    listsAllClips = Boolean(status === 200 && data && Array.isArray(data.clips));
+    $("#clips-note").hidden = listsAllClips;
+    if (listsAllClips) {
       clips = data.clips;
     } else {
       // No listing on this service (yet): the clips this browser made.
-      $("#clips-note").hidden = false;
       $("#clips-note").textContent = "Showing the clips made from this browser.";
-      const answers = await Promise.all(rememberedClips().map((id) => api("GET", `/clips/${id}`)));
+      const ids = rememberedClips();
+      const answers = await Promise.all(ids.map((id) => api("GET", `/clips/${id}`)));
       answers.forEach((answer, index) => {
         if (answer.status === 200) clips.push(answer.data);
-        else if (answer.status === 404) forgetClip(rememberedClips()[index]);
+        else if (answer.status === 404) forgetClip(ids[index]);
       });
     }
-    for (const clip of clips) {
-      if (!cards.has(clip.clip_id)) showClip(clip);
-    }
+    clips.forEach((clip) => showClip(clip));
     $("#no-clips").hidden = cards.size > 0;
     clips.filter((clip) => clip.status === "processing").forEach((clip) => loadJob(clip.clip_id));
   }
