@@ -10,6 +10,9 @@ server. ``UPDATE_SCREENSHOTS=1`` writes the README's screenshots to
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -84,10 +87,10 @@ def open_page(browser):
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        # Console errors too (a request the Content-Security-Policy refused is one), but not the
-        # API's 4xx answers the tests ask for, which Chromium logs as well.
+        # Console errors too (a request the Content-Security-Policy refused is one), but not failed
+        # requests, which Chromium logs as well: the API's 4xx the tests ask for, a stream cut off.
         page.on("console", lambda message: message.type == "error" and not message.text.startswith(
-            "Failed to load resource: the server responded") and errors.append(message.text))
+            "Failed to load resource:") and errors.append(message.text))
         page.js_errors = errors
         page.goto(url)
         return page
@@ -106,7 +109,7 @@ def screenshots(tmp_path) -> Path:
 
 @contextmanager
 def live_service(service_factory, tmp_path: Path, worker: bool = True, **env):
-    """The Procfile's ``web`` (and a worker) for a new deployment; yields ``(service, base URL)``.
+    """The Procfile's ``web`` (and a worker) for a new deployment; yields ``(service, base URL, process)``.
 
     Links to the clips point at that web, so the browser can load them.
     """
@@ -126,7 +129,13 @@ def live_service(service_factory, tmp_path: Path, worker: bool = True, **env):
 
         wait_until(lambda: answers() or process.poll() is not None, 60, what="web to answer")
         assert process.poll() is None, log.read_text()
-        yield service, base
+        yield service, base, process
+
+
+def leaf_processes(pid: int) -> list[int]:
+    """The processes at the ends of ``pid``'s tree: for gunicorn, its workers."""
+    listed = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [leaf for child in listed for leaf in leaf_processes(int(child))] if listed else [pid]
 
 
 def fill_clip_form(page, vod_url: str, start: str, end: str, title: str | None = None) -> None:
@@ -154,7 +163,7 @@ def card(clip_id: str) -> str:
 def test_a_clip_made_through_the_form_moves_live_to_a_playable_card(
         service_factory, master_url, tmp_path, open_page, screenshots):
     vod_origin = master_url.split("/hls/")[0]
-    with live_service(service_factory, tmp_path) as (_, base):
+    with live_service(service_factory, tmp_path) as (_, base, web):
         page = open_page(f"{base}/", permissions=["clipboard-read", "clipboard-write"])
         assert "script-src 'self'" in requests.get(f"{base}/", timeout=10).headers["Content-Security-Policy"]
         assert page.locator('input[name="api_token"]').is_hidden(), "no token asked where API_TOKENS is unset"
@@ -208,6 +217,14 @@ def test_a_clip_made_through_the_form_moves_live_to_a_playable_card(
         page.click(f"{card(clip_id)} button.copy")
         assert page.evaluate("navigator.clipboard.readText()") == clip["video_url"]
 
+        # web's worker dies: the page's one stream comes back by itself, resuming after the last event.
+        with page.expect_request(lambda request: request.url == f"{base}/api/v1/events"
+                                 and "last-event-id" in request.headers) as resumed:
+            for pid in leaf_processes(web.pid):
+                os.kill(pid, signal.SIGKILL)
+        assert re.fullmatch(r"\d+-\d+", resumed.value.headers["last-event-id"])
+        page.wait_for_selector('#stream-state[data-state="live"]')
+
         page.evaluate("(selector) => document.querySelector(selector).pause()", video)
         page.set_viewport_size(PHONE)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
@@ -225,7 +242,7 @@ def test_with_api_tokens_the_page_asks_for_one_shows_the_failure_and_replays_the
     try:
         # A source that keeps answering 503: the retries run out quickly and the job is dead-lettered.
         with live_service(service_factory, tmp_path, API_TOKENS=TOKEN, JOB_MAX_RETRIES="1",
-                          FETCH_RETRIES="0") as (_, base):
+                          FETCH_RETRIES="0") as (_, base, _web):
             page = open_page(f"{base}/")
             page.wait_for_selector('#stream-state[data-state="needs-token"]')
             assert page.locator('input[name="api_token"]').is_visible()
@@ -281,7 +298,7 @@ def test_with_api_tokens_the_page_asks_for_one_shows_the_failure_and_replays_the
 
 def test_docs_is_swagger_ui_on_the_apis_own_document_and_tries_calls_on_this_server(
         service_factory, tmp_path, open_page, screenshots):
-    with live_service(service_factory, tmp_path, worker=False) as (_, base):
+    with live_service(service_factory, tmp_path, worker=False) as (_, base, _web):
         page = open_page(f"{base}/docs")
         assert page.url == f"{base}/docs/"
         page.wait_for_selector(".opblock")
