@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -138,6 +139,17 @@ def leaf_processes(pid: int) -> list[int]:
     return [leaf for child in listed for leaf in leaf_processes(int(child))] if listed else [pid]
 
 
+def record_outputs(service, clip_id: str, **columns) -> None:
+    """Write a clip's output columns, as the worker that makes them would."""
+    from clipqueue.models import Clip, db
+
+    with service.app.app_context():
+        row = db.session.get(Clip, uuid.UUID(clip_id))
+        for name, value in columns.items():
+            setattr(row, name, value)
+        db.session.commit()
+
+
 def fill_clip_form(page, vod_url: str, start: str, end: str, title: str | None = None) -> None:
     page.fill("#vod_url", vod_url)
     page.fill("#start_time", start)
@@ -163,7 +175,7 @@ def card(clip_id: str) -> str:
 def test_a_clip_made_through_the_form_moves_live_to_a_playable_card(
         service_factory, master_url, tmp_path, open_page, screenshots):
     vod_origin = master_url.split("/hls/")[0]
-    with live_service(service_factory, tmp_path) as (_, base, web):
+    with live_service(service_factory, tmp_path) as (service, base, web):
         page = open_page(f"{base}/", permissions=["clipboard-read", "clipboard-write"])
         assert "script-src 'self'" in requests.get(f"{base}/", timeout=10).headers["Content-Security-Policy"]
         assert page.locator('input[name="api_token"]').is_hidden(), "no token asked where API_TOKENS is unset"
@@ -233,6 +245,21 @@ def test_a_clip_made_through_the_form_moves_live_to_a_playable_card(
         # Everything came from the service, or the VOD for the player: no CDN.
         origins = page.evaluate("performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
         assert set(origins) <= {base, vod_origin}, origins
+
+        # The outputs other work adds to a ready clip (a preview loop, thumbnail sizes, a portrait version),
+        # given here by the clip's own files: once the record has them, a new page shows them.
+        record_outputs(service, clip_id, preview_url=clip["video_url"], portrait_url=clip["video_url"],
+                       thumbnails={"small": clip["thumbnail_url"], "medium": clip["thumbnail_url"]})
+        page.reload()
+        thumb = page.locator(f"{card(clip_id)} img.thumb")
+        thumb.wait_for()
+        assert thumb.get_attribute("srcset") == f"{clip['thumbnail_url']} 320w, {clip['thumbnail_url']} 640w"
+        assert page.get_attribute(f"{card(clip_id)} a.portrait", "href") == clip["video_url"]
+        page.hover(f"{card(clip_id)} .media")
+        page.wait_for_function("(selector) => document.querySelector(selector).readyState >= 2",
+                               arg=f"{card(clip_id)} .preview-slot.on video.preview")
+        assert page.evaluate("(selector) => document.querySelector(selector).muted",
+                             f"{card(clip_id)} video.preview")
         assert page.js_errors == []
 
 
