@@ -112,7 +112,8 @@ SEGMENT_CACHE = Metric(
     labels=("result",), known=tuple((result,) for result in SEGMENT_CACHE_RESULTS),
 )
 SEGMENT_CACHE_SAVED_BYTES = Metric(
-    "clipqueue_segment_cache_saved_bytes_total", "Source bytes not fetched thanks to the host's segment cache",
+    "clipqueue_segment_cache_saved_bytes_total",
+    "Source bytes not fetched thanks to the host's segment cache",
 )
 IDENTICAL_CLIPS = Metric(
     "clipqueue_identical_clips_total", "Clips that copied the files of a clip asked exactly as they were",

@@ -141,7 +141,8 @@ class S3Storage:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:  # inside the object store: no bytes through this host
-            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key})
+            self.client.copy_object(Bucket=self.bucket, Key=key,
+                                    CopySource={"Bucket": self.bucket, "Key": source_key})
         except ClientError as exc:
             raise _classify_client_error(exc) from exc
         except BotoCoreError as exc:

@@ -34,7 +34,9 @@ from kombu.exceptions import OperationalError as BrokerError
 from clipqueue import clips, metrics, webhooks
 from clipqueue.celery_app import AppContextTask
 from clipqueue.config import Settings
-from clipqueue.exceptions import ClipqueueError, InputError, JobCanceled, LeaseLost, StorageRejected, TransientError
+from clipqueue.exceptions import (
+    ClipqueueError, InputError, JobCanceled, LeaseLost, StorageRejected, TransientError,
+)
 from clipqueue.janitor import run_janitor
 from clipqueue.jobs import (
     JOB_CANCELED,
@@ -198,7 +200,7 @@ def process_clip(self, clip_id: str) -> StoredClip | None:
                   request.start_time, request.end_time, request.quality, request.mode)
         try:
             lease.check(renew=True)  # canceled while it waited for its lease
-            stored = _copy_of_identical(clip_id, fingerprint, settings, store, lease.check) or \
+            stored = _copy_of_identical(clip_id, fingerprint, settings, lease.check) or \
                 _produce(clip_id, request, settings, store, lease.check)
             lease.check(renew=True)
             if not _keep_output(jlog, clip_id, stored):
@@ -339,7 +341,7 @@ def clip_fingerprint(clip: Clip) -> str | None:
     return hashlib.sha256(json.dumps(asked).encode()).hexdigest()
 
 
-def _copy_of_identical(clip_id: str, fingerprint: str | None, settings: Settings, store,
+def _copy_of_identical(clip_id: str, fingerprint: str | None, settings: Settings,
                        check_lease: Callable[[], None]) -> StoredClip | None:
     """The output of a clip asked exactly as this one, copied as this clip's; None to cut it here.
 

@@ -181,7 +181,7 @@ class Fetcher:
 
     def _download_range(self, url: str, path: Path, file_offset: int, first: int | None, last: int | None,
                         on_total: Callable[[int], None] | None = None) -> int | None:
-        """Write bytes ``first..last`` of ``url`` at ``file_offset`` in ``path``; return the size the server declared.
+        """Write bytes ``first..last`` of ``url`` at ``file_offset`` in ``path``; return the declared size.
 
         That is the whole resource's size (``Content-Range``) for a 206, its
         ``Content-Length`` for a 200, None if it told neither.
@@ -227,7 +227,7 @@ class Fetcher:
             return total
 
     def _take_cached(self, key: str, path: Path, coalesced: bool = False) -> int | None:
-        """Put the cached body of ``key`` at ``path`` and count it; its size, or None if the cache has none."""
+        """Put the cached body of ``key`` at ``path`` and count it; its size, None if the cache has none."""
         size = self.cache.take(key, path) if self.cache is not None else None
         if size is not None:
             with self._lock:
@@ -245,7 +245,8 @@ class Fetcher:
         if self.cache is not None and declared is not None:
             self.cache.publish(key, path, declared)
 
-    def _through_cache(self, key: str, path: Path, stop: Callable[[], bool] = lambda: False) -> tuple[Claim | None, int | None]:
+    def _through_cache(self, key: str, path: Path,
+                       stop: Callable[[], bool] = lambda: False) -> tuple[Claim | None, int | None]:
         """Look ``key`` up for ``path``: (None, size) when the cache had it or another fetch brought it,
         else (claim, None) to fetch it and publish, or (None, None) to fetch it after waiting in vain.
 
@@ -266,7 +267,7 @@ class Fetcher:
         return claim, size
 
     def _fetch_body(self, url: str, byterange: tuple[int, int] | None, path: Path) -> None:
-        """Fetch ``url`` (or ``byterange`` of it) into ``path`` in one request, through the cache if there is one."""
+        """Fetch ``url`` (or ``byterange`` of it) into ``path`` in one request, through the cache if any."""
         first_byte, last_byte = (byterange[0], sum(byterange) - 1) if byterange else (None, None)
 
         def download() -> int | None:
@@ -375,12 +376,13 @@ class Fetcher:
         def fetched_as(index: int) -> None:
             segment = segments[index]
             if urls[index] != segment.url:
-                results[index] = replace(results[index], segment=replace(segment, url=urls[index], muted=True))
+                muted = replace(segment, url=urls[index], muted=True)
+                results[index] = replace(results[index], segment=muted)
 
         # Claims are let go once their segment is published, or at the very end (after the threads).
         with contextlib.ExitStack() as held, \
                 ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch") as pool, \
-                ThreadPoolExecutor(max_workers=max(1, len(segments)), thread_name_prefix="cache-wait") as waiters:
+                ThreadPoolExecutor(max(1, len(segments)), thread_name_prefix="cache-wait") as waiters:
             pending: set[Future] = set()
 
             def submit(fn, *args, executor=pool) -> None:

@@ -99,7 +99,7 @@ class SegmentCache:
     # --- reading ---------------------------------------------------------------
 
     def take(self, key: str, dest: Path) -> int | None:
-        """Put the cached body of ``key`` at ``dest`` (a hard link, else a copy); return its size, None if absent.
+        """Put the cached body of ``key`` at ``dest`` (a hard link, else a copy); its size, None if absent.
 
         An expired body counts as absent.
         """
@@ -182,7 +182,8 @@ class SegmentCache:
             return False
         try:
             if path.stat().st_size != size:
-                log.warning("segment of %d bytes where %d were declared: not cached", path.stat().st_size, size)
+                log.warning("segment of %d bytes where %d were declared: not cached",
+                            path.stat().st_size, size)
                 return False
             staged = self._tmp / f"{key[:16]}-{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}"
             try:

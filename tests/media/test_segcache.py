@@ -1,4 +1,4 @@
-"""The host's segment cache: one fetch per segment across processes, never a partial body, bounded, expiring."""
+"""The host's segment cache: one fetch per segment across processes, never a partial body, bounded."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def test_processes_wanting_the_same_segments_at_once_fetch_each_one_once(fresh_s
     processes = 4
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(processes), context.Queue()
-    workers = [context.Process(target=_fetch_in_process,
-                               args=(segments, str(tmp_path / "cache"), str(tmp_path / f"job{n}"), barrier, results))
+    workers = [context.Process(target=_fetch_in_process, args=(segments, str(tmp_path / "cache"),
+                                                               str(tmp_path / f"job{n}"), barrier, results))
                for n in range(processes)]
     for worker in workers:
         worker.start()
@@ -47,7 +47,8 @@ def test_processes_wanting_the_same_segments_at_once_fetch_each_one_once(fresh_s
     for worker in workers:
         worker.join(10)
         assert worker.exitcode == 0
-    expected = [(fresh_server._server.root / "ts/360p" / s.url.rsplit("/", 1)[1]).read_bytes() for s in segments]
+    folder = fresh_server._server.root / "ts/360p"
+    expected = [(folder / s.url.rsplit("/", 1)[1]).read_bytes() for s in segments]
     assert all(bodies == expected for _, bodies, _ in outcomes)
     assert fresh_server.stats.bytes_sent == sum(len(body) for body in expected)  # each byte crossed once
     assert sum(fetched for fetched, _, _ in outcomes) == sum(len(body) for body in expected)
@@ -175,7 +176,8 @@ def test_renditions_and_byte_ranges_never_share_a_key(fresh_server, tmp_path):
     whole = (root / "360p/0.ts").read_bytes()
     for variant in ("ts/360p", "ts/240p"):
         with Fetcher(POLICY, concurrency=2, retries=0, timeout=5, max_bytes=10**9, cache=cache) as fetcher:
-            fetched = fetcher.fetch_segments(list(media_segments(fresh_server, variant)[:2]), tmp_path / variant)
+            segments = list(media_segments(fresh_server, variant)[:2])
+            fetched = fetcher.fetch_segments(segments, tmp_path / variant)
         for item in fetched:
             name = item.segment.url.rsplit("/", 1)[1]
             assert item.path.read_bytes() == (root / variant.split("/")[1] / name).read_bytes()
