@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
                 ranges = storm_ranges(size)
                 union = min(start for start, _ in ranges), max(end for _, end in ranges)
                 unique = overlapping_bytes(root, args.quality, *union)
-                settings = [("off", OFF), ("on", {})]
+                cold = {"SEGMENT_CACHE_DIR": str(Path(tmp) / f"cache-{size}-{round_}")}  # each storm's own
+                settings = [("off", OFF), ("on", cold)]
                 for label, env in settings if round_ % 2 == 0 else settings[::-1]:  # alternated against drift
                     folder = Path(tmp) / f"{size}-{label}-{round_}"
                     client, processes = start_service(folder, concurrency=2, **env)

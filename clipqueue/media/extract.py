@@ -7,6 +7,7 @@ Celery, Flask or storage.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -39,6 +40,8 @@ from clipqueue.media.playlist import (
     select_segments,
 )
 from clipqueue.urlpolicy import SourcePolicy, check_playlist_text, check_url
+
+log = logging.getLogger(__name__)
 
 MODES = ("accurate", "copy")
 StageCallback = Callable[[str, int], None]
@@ -92,8 +95,11 @@ class ExtractOptions:
             max_redirects=settings.source_max_redirects,
             twitch=TwitchConfig.from_settings(settings),
             thumbnail=thumbnail,
+            # Beside the scratch folder, on the same disk (hard links), but not in it: what is in it
+            # belongs to one job and goes with it.
             segment_cache_dir=settings.segment_cache_dir or os.path.join(
-                settings.scratch_dir or tempfile.gettempdir(), CACHE_FOLDER),
+                os.path.dirname(os.path.abspath(settings.scratch_dir)) if settings.scratch_dir
+                else tempfile.gettempdir(), CACHE_FOLDER),
             segment_cache_bytes=settings.segment_cache_bytes,
             segment_cache_ttl=settings.segment_cache_ttl_seconds,
         )
@@ -102,7 +108,11 @@ class ExtractOptions:
         """The segment cache these options describe; None when it is off."""
         if self.segment_cache_bytes <= 0:
             return None
-        return SegmentCache(self.segment_cache_dir, self.segment_cache_bytes, self.segment_cache_ttl)
+        try:
+            return SegmentCache(self.segment_cache_dir, self.segment_cache_bytes, self.segment_cache_ttl)
+        except OSError as exc:  # a folder it may not make costs the sharing, never the clip
+            log.warning("no segment cache: %s", exc)
+            return None
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,11 @@ def test_options_from_settings_carry_every_limit_and_the_source_policy():
     assert ExtractOptions.from_settings(settings).thumbnail is False
 
 
-def test_the_segment_cache_lies_in_the_scratch_folder_unless_placed_and_is_off_at_zero_bytes(tmp_path):
-    options = ExtractOptions.from_settings(Settings.from_env({"SCRATCH_DIR": str(tmp_path)}))
+def test_the_segment_cache_lies_beside_the_scratch_folder_unless_placed_and_is_off_at_zero_bytes(tmp_path):
+    options = ExtractOptions.from_settings(Settings.from_env({"SCRATCH_DIR": str(tmp_path / "scratch")}))
     assert options.segment_cache().root == tmp_path / "clipqueue-segment-cache"
+    (tmp_path / "file").write_text("")
+    unusable = ExtractOptions.from_settings(Settings.from_env({"SEGMENT_CACHE_DIR": str(tmp_path / "file" / "c")}))
+    assert unusable.segment_cache() is None  # the clip is cut all the same, without sharing
     assert ExtractOptions.from_settings(Settings.from_env({"SEGMENT_CACHE_BYTES": "0"})).segment_cache() is None
     assert ExtractOptions().segment_cache() is None  # the media layer alone caches nothing
