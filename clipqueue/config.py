@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from limits import parse_many
-from pydantic import AliasGenerator, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AliasGenerator, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from clipqueue import defaults
@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = defaults.WEBHOOK_BACKOFF_MAX_SECONDS
     webhook_sweep_seconds: float = defaults.WEBHOOK_SWEEP_SECONDS
     cancel_poll_seconds: float = defaults.CANCEL_POLL_SECONDS
+    max_batch: Annotated[int, Field(ge=1, le=1000)] = defaults.MAX_BATCH
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -143,3 +143,11 @@ WEBHOOK_SWEEP_SECONDS = 30.0
 
 # How often a running job looks for a cancel request (one Redis read).
 CANCEL_POLL_SECONDS = 1.0
+
+# POST /api/v1/clips/batch takes at most MAX_BATCH clips (each created or refused on its own),
+# in a body of at most MAX_BATCH x MAX_REQUEST_BYTES.
+MAX_BATCH = 100
+# GET /api/v1/clips pages: LIST_LIMIT clips unless ?limit= asks for up to MAX_LIST_LIMIT, which
+# also bounds ?ids=.
+LIST_LIMIT = 20
+MAX_LIST_LIMIT = 100
