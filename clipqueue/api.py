@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 
 import redis
+import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, request, url_for
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
@@ -272,10 +273,18 @@ def create_clips(requests: list[tuple[schemas.ClipRequest, str | None]]) -> list
             db.session.rollback()
             if attempt == 2:
                 raise
+    _reload(made)
     for clip in made:
         job_logger(log, str(clip.id)).info("clip created for %s", clip.vod_url)
     enqueue_jobs(made)
+    _reload(made)
     return creations
+
+
+def _reload(made: list[Clip]) -> None:
+    """Read the committed rows back in one query (each expired row would otherwise load itself)."""
+    if made:
+        db.session.scalars(sa.select(Clip).where(Clip.id.in_([clip.id for clip in made]))).all()
 
 
 def _request_json():
