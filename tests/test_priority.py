@@ -79,12 +79,10 @@ def test_high_starts_before_a_backlog_of_hundreds_of_normal_jobs_while_low_waits
 
 
 class _SlowNotFound(BaseHTTPRequestHandler):
-    """A source that takes DELAY seconds to answer 404: each job holds the worker that long."""
-
-    DELAY = 0.6
+    """A source that answers 404 after a while (longer under ``/slow``): each job holds the worker that long."""
 
     def do_GET(self):  # noqa: N802 - http.server's name
-        time.sleep(self.DELAY)
+        time.sleep(3.0 if self.path.startswith("/slow") else 0.3)
         self.send_response(404)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -98,7 +96,7 @@ def slow_source():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowNotFound)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/vod.m3u8"
+    yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
 
@@ -110,8 +108,10 @@ def test_a_high_job_waits_for_at_most_the_running_job_of_each_worker_slot(servic
     queued would run that one first.
     """
     service = service_factory()
-    job = {"vod_url": slow_source, "start_time": 1, "end_time": 5}
-    (low, *normal) = _batch(service, [{**job, "priority": "low"}, job, job, job])
+    job = {"vod_url": f"{slow_source}/vod.m3u8", "start_time": 1, "end_time": 5}
+    # The first job runs for seconds: time enough, even on a loaded machine, to queue the high one.
+    first = {**job, "vod_url": f"{slow_source}/slow/vod.m3u8"}
+    (low, *normal) = _batch(service, [{**job, "priority": "low"}, first, job, job])
     service.start_worker()  # concurrency 1
     wait_until(lambda: service.job(normal[0]).get("status") == "running", 30, interval=0.05,
                what="the first job to run")
