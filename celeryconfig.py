@@ -23,7 +23,9 @@ task_ignore_result = True
 timezone = "UTC"
 
 # Long ffmpeg jobs: acknowledge after the work is done, give a job back when its
-# worker dies, and take one job at a time so a busy worker hoards nothing.
+# worker dies, and take one job at a time so a busy worker hoards nothing: a worker
+# of N processes holds at most the N jobs it runs, so a high-priority job queued
+# behind them waits for one running job per slot, not for jobs reserved before it.
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1

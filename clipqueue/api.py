@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 
 import redis
+import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, request, url_for
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
@@ -21,7 +23,7 @@ from clipqueue.jobs import job_logger, job_store
 from clipqueue.media.twitch import parse_twitch_link
 from clipqueue.models import Clip, db
 from clipqueue.openapi import SAFE_METHODS, operation, view_operation
-from clipqueue.queue import dead_letter_count, enqueue_job, pending_count, unqueued_count
+from clipqueue.queue import dead_letter_count, enqueue_jobs, pending_count, unqueued_count
 from clipqueue.urlpolicy import SourcePolicy, check_url, host_allowed
 
 log = logging.getLogger(__name__)
@@ -163,15 +165,27 @@ def _refuse_forbidden(url: str, policy: SourcePolicy, field: str, what: str = "s
         pass
 
 
-def _idempotency_key() -> str | None:
+def _idempotency_key(room: int = 0) -> str | None:
+    """The request's ``Idempotency-Key``, trimmed, leaving ``room`` characters for a batch item's suffix."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
     key = key.strip()
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise ValidationError(f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
+    longest = MAX_IDEMPOTENCY_KEY - room
+    if not 1 <= len(key) <= longest or not key.isprintable():
+        raise ValidationError(f"{IDEMPOTENCY_HEADER} must be 1 to {longest} printable characters",
                               IDEMPOTENCY_HEADER)
     return key
+
+
+# A batch item's key is the batch's key, this separator and the item's index. A header key is
+# printable, so no single POST's key can be a batch item's.
+_ITEM_KEY_SEPARATOR = "\x1f"
+_ITEM_KEY_ROOM = 1 + len(str(defaults.MAX_BATCH * 10))
+
+
+def _item_key(batch_key: str | None, index: int) -> str | None:
+    return None if batch_key is None else f"{batch_key}{_ITEM_KEY_SEPARATOR}{index}"
 
 
 def _clip_response(clip: Clip):
@@ -185,14 +199,100 @@ def _created(clip: Clip, status: int):
     return response
 
 
-def _earlier_create(key: str, clip_input: schemas.ClipRequest):
-    """A retried POST: the clip its key made before, or 409 if the key now asks for another clip."""
-    clip = Clip.query.filter_by(idempotency_key=key).one()
+class SourceChecks:
+    """The source policy's verdicts on a request's URLs, each URL looked up once (a batch repeats its VOD)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._refusals: dict[tuple[str, str], ValidationError | None] = {}
+
+    def check(self, clip_input: schemas.ClipRequest) -> None:
+        """Raise ``ValidationError`` (code ``forbidden_source``) if the policy forbids a URL of the request."""
+        self._check("vod_url", clip_input.vod_url, check_source)
+        if clip_input.callback_url is not None:
+            self._check("callback_url", clip_input.callback_url, check_callback)
+
+    def _check(self, field: str, url: str, check) -> None:
+        if (field, url) not in self._refusals:
+            try:
+                check(url, self.settings)
+                self._refusals[field, url] = None
+            except ValidationError as exc:
+                self._refusals[field, url] = exc
+        refusal = self._refusals[field, url]
+        if refusal is not None:
+            raise ValidationError(refusal.message, refusal.field, refusal.code)
+
+
+@dataclass
+class Creation:
+    """What became of one clip request: made now (201), by an earlier request with its key (200), or 409."""
+
+    status: int
+    clip: Clip | None = None
+    error: schemas.ErrorDetail | None = None
+
+    def answer(self) -> dict:
+        if self.clip is None:
+            return schemas.ErrorBody(error=self.error).model_dump()
+        return schemas.Clip.of(self.clip).model_dump()
+
+
+def _earlier(clip: Clip, clip_input: schemas.ClipRequest) -> Creation:
+    """A retried request: the clip its key made before, or 409 if the key now asks for another clip."""
     asked = clip_input.columns
     if asked != {name: getattr(clip, name) for name in asked}:
-        return error_response(409, "idempotency_key_reused",
-                              f"{IDEMPOTENCY_HEADER} {key!r} was used for a different clip", IDEMPOTENCY_HEADER)
-    return _created(clip, 200)
+        return Creation(409, error=schemas.ErrorDetail(
+            code="idempotency_key_reused", field=IDEMPOTENCY_HEADER,
+            message=f"{IDEMPOTENCY_HEADER} {clip.idempotency_key.split(_ITEM_KEY_SEPARATOR)[0]!r} "
+                    "was used for a different clip"))
+    return Creation(200, clip)
+
+
+def create_clips(requests: list[tuple[schemas.ClipRequest, str | None]]) -> list[Creation]:
+    """Record the clips as ``processing`` in one transaction, then queue their jobs; one answer per request.
+
+    The requests are valid and allowed by the source policy. One whose
+    idempotency key an earlier request used gets that request's clip.
+    """
+    for attempt in (1, 2):
+        keys = [key for _, key in requests if key is not None]
+        earlier = {clip.idempotency_key: clip
+                   for clip in Clip.query.filter(Clip.idempotency_key.in_(keys))} if keys else {}
+        creations = [_earlier(earlier[key], clip_input) if key in earlier
+                     else Creation(201, Clip(**clip_input.columns, idempotency_key=key))
+                     for clip_input, key in requests]
+        made = [creation.clip for creation in creations if creation.status == 201]
+        db.session.add_all(made)
+        # Commit before queuing: a worker must always find the row it is sent.
+        try:
+            db.session.commit()
+            break
+        except IntegrityError:
+            # A concurrent request with one of these keys committed first: answer with its clips.
+            db.session.rollback()
+            if attempt == 2:
+                raise
+    _reload(made)
+    for clip in made:
+        job_logger(log, str(clip.id)).info("clip created for %s", clip.vod_url)
+    enqueue_jobs(made)
+    _reload(made)
+    return creations
+
+
+def _reload(made: list[Clip]) -> None:
+    """Read the committed rows back in one query (each expired row would otherwise load itself)."""
+    if made:
+        db.session.scalars(sa.select(Clip).where(Clip.id.in_([clip.id for clip in made]))).all()
+
+
+def _request_json():
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ValidationError("the request body must be JSON (Content-Type: application/json)", None,
+                              "invalid_json")
+    return data
 
 
 @bp.post("/clips")
@@ -209,32 +309,92 @@ def create_clip():
     With an ``Idempotency-Key`` header, retrying the same POST returns the
     clip the first one made (``200``) instead of making another.
     """
-    data = request.get_json(silent=True)
-    if data is None:
-        return error_response(400, "invalid_json", "the request body must be JSON (Content-Type: application/json)")
+    data = _request_json()
     key = _idempotency_key()
     settings = current_app.config["CLIPQUEUE"]
     clip_input = schemas.parse_clip_request(data, settings)
-    check_source(clip_input.vod_url, settings)
-    if clip_input.callback_url is not None:
-        check_callback(clip_input.callback_url, settings)
-    if key is not None and Clip.query.filter_by(idempotency_key=key).first() is not None:
-        return _earlier_create(key, clip_input)
-    clip = Clip(**clip_input.columns, idempotency_key=key)
-    db.session.add(clip)
-    # Commit before queuing: a worker must always find the row it is sent.
+    SourceChecks(settings).check(clip_input)
+    (creation,) = create_clips([(clip_input, key)])
+    if creation.clip is None:
+        return jsonify(creation.answer()), creation.status
+    return _created(creation.clip, creation.status)
+
+
+BATCH_IDEMPOTENCY_PARAMETER = {
+    **IDEMPOTENCY_PARAMETER,
+    "description": "Retrying the same batch with the same key answers, for each item, the clip the first "
+                   "batch made (as a single POST's key does) instead of making another.",
+    "schema": {"type": "string", "pattern": IDEMPOTENCY_PARAMETER["schema"]["pattern"].replace(
+        f"{{0,{MAX_IDEMPOTENCY_KEY - 2}}}", f"{{0,{MAX_IDEMPOTENCY_KEY - _ITEM_KEY_ROOM - 2}}}")},
+}
+
+
+@bp.post("/clips/batch")
+@operation("createClips", {
+    201: ("every clip was created (or, with the same Idempotency-Key again, found)", schemas.BatchResult),
+    207: ("some or all items were refused: each item is its clip or its error, in order",
+          schemas.BatchResult),
+    400: ("the body is not JSON, or clips is not a list of 1 to MAX_BATCH items (error.field is clips)",
+          None),
+}, body=schemas.batch_request_model, headers=(BATCH_IDEMPOTENCY_PARAMETER,))
+def create_clips_batch():
+    """Create up to ``MAX_BATCH`` clips at once, each validated and created or refused on its own.
+
+    Valid items are recorded in one transaction, then their jobs are queued in
+    the order given. The answer holds, in the items' order, each clip or the
+    error (``{"error": {"code", "message", "field"}}``) that refused it.
+    """
+    settings = current_app.config["CLIPQUEUE"]
+    # Each item may be as large as a single POST's body.
+    request.max_content_length = settings.max_request_bytes * settings.max_batch
+    data = _request_json()
+    key = _idempotency_key(room=_ITEM_KEY_ROOM)
+    items = schemas.parse_batch_request(data, settings)
+    checks = SourceChecks(settings)
+    answers: list[dict | None] = [None] * len(items)
+    valid: list[tuple[int, schemas.ClipRequest]] = []
+    for index, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise ValidationError("each item must be a clip request (a JSON object)", None, "invalid_body")
+            clip_input = schemas.parse_clip_request(item, settings)
+            checks.check(clip_input)
+        except ValidationError as exc:
+            answers[index] = schemas.ErrorBody(error=schemas.ErrorDetail(
+                code=exc.code, message=exc.message, field=exc.field)).model_dump()
+            continue
+        valid.append((index, clip_input))
+    creations = create_clips([(clip_input, _item_key(key, index)) for index, clip_input in valid])
+    for (index, _), creation in zip(valid, creations):
+        answers[index] = creation.answer()
+    every_clip = len(valid) == len(items) and all(creation.clip is not None for creation in creations)
+    return jsonify({"clips": answers}), 201 if every_clip else 207
+
+
+@bp.get("/clips")
+@operation("listClips", {
+    200: ("clips, newest first; or the clips ids names, in its order", schemas.ClipList),
+    400: ("status, limit, cursor or ids is not valid (error.field names it)", None),
+}, query=schemas.ClipListQuery)
+def list_clips():
+    """Page through clips newest first (``status``, ``limit``, ``cursor``), or fetch up to 100 by ``ids``."""
     try:
-        db.session.commit()
-    except IntegrityError:
-        # A concurrent request with the same key committed first.
-        db.session.rollback()
-        return _earlier_create(key, clip_input)
-    job_logger(log, str(clip.id)).info("clip created for %s", clip.vod_url)
-    enqueue_job(clip)
-    return _created(clip, 201)
+        query = schemas.ClipListQuery.model_validate(request.args.to_dict())
+    except PydanticValidationError as exc:
+        raise schemas.validation_error(exc) from None
+    if query.ids is not None:
+        ids = list(dict.fromkeys(str(uuid.UUID(text)) for text in query.ids.split(",")))
+        found = clips.by_ids(ids, query.status)
+        return jsonify(schemas.ClipList(
+            clips=[schemas.Clip.of(found[clip_id]) for clip_id in ids if clip_id in found],
+            next_cursor=None, missing=[clip_id for clip_id in ids if clip_id not in found],
+        ).model_dump())
+    page, next_cursor = clips.page(query.status, query.limit, query.cursor)
+    return jsonify(schemas.ClipList(clips=[schemas.Clip.of(clip) for clip in page], next_cursor=next_cursor,
+                                    missing=[]).model_dump())
 
 
-@bp.get("/clips/<clip_id>")
+@bp.get("/clips/<clip_id:clip_id>")  # not /clips/batch
 @operation("getClip", {200: ("the clip", schemas.Clip), 404: ("no such clip", None)})
 def get_clip(clip_id: str):
     """The clip record."""

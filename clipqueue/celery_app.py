@@ -11,7 +11,7 @@ from clipqueue.heartbeat import WorkerHeartbeat
 from clipqueue.jobs import ClipIdLogFilter, current_clip_id
 from clipqueue.keys import CONTROL_QUEUE
 from clipqueue.logs import quiet_periodic_task_logs
-from clipqueue.queue import JANITOR_TASK, SWEEP_OUTBOX_TASK
+from clipqueue.queue import JANITOR_TASK, PRIORITY_SEP, PRIORITY_STEPS, SWEEP_OUTBOX_TASK
 from clipqueue.sentry import tag_clip
 from clipqueue.webhooks import SWEEP_TASK as WEBHOOK_SWEEP_TASK
 
@@ -68,6 +68,12 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
             "socket_timeout": 30,
             "health_check_interval": 10,
             "visibility_timeout": visibility_timeout(settings),
+            # Job priorities (clipqueue.queue): one list per step, BRPOP in step order. Every
+            # process (web, workers, beat, Flower) must name the same steps to see the same lists.
+            "priority_steps": list(PRIORITY_STEPS),
+            "sep": PRIORITY_SEP,
+            # Which queue a worker of several queues looks at first, within one priority step.
+            "queue_order_strategy": "round_robin",
         },
         task_soft_time_limit=settings.job_soft_time_limit_seconds,
         task_time_limit=settings.job_hard_time_limit_seconds,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import redis
@@ -29,6 +30,7 @@ from clipqueue.models import (
     STATUS_READY,
     Clip,
     DeadLetter,
+    as_utc,
     db,
     utcnow,
 )
@@ -213,3 +215,48 @@ def replay(clip_id: str) -> bool:
     job_logger(log, clip_id).info("replaying dead-lettered job")
     enqueue_job(clip)
     return True
+
+
+# --- reading clips in bulk ------------------------------------------------------
+
+def by_ids(clip_ids: list[str], status: str | None = None) -> dict[str, Clip]:
+    """The clips among ``clip_ids`` (in any status, or in ``status``), by id."""
+    query = sa.select(Clip).where(Clip.id.in_([_uuid(clip_id) for clip_id in clip_ids]))
+    if status is not None:
+        query = query.where(Clip.status == status)
+    return {str(clip.id): clip for clip in db.session.scalars(query)}
+
+
+def _cursor(clip: Clip) -> str:
+    created = as_utc(clip.created_at)
+    micros = (created - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}_{clip.id.hex}"
+
+
+def _position(cursor: str) -> tuple[datetime, uuid.UUID]:
+    micros, clip_id = cursor.split("_")
+    return _EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(hex=clip_id)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def page(status: str | None, limit: int, cursor: str | None) -> tuple[list[Clip], str | None]:
+    """Up to ``limit`` clips, newest first (``created_at``, then id), after ``cursor``; and the next cursor.
+
+    A keyset page: each reads the indexes ``ix_clips_created_at_id`` or
+    ``ix_clips_status_created_at_id`` from where the last one stopped, so a
+    deep page costs what the first does, and clips created meanwhile do not
+    shift the pages.
+    """
+    query = sa.select(Clip)
+    if status is not None:
+        query = query.where(Clip.status == status)
+    if cursor is not None:
+        created, clip_id = _position(cursor)
+        query = query.where(sa.or_(Clip.created_at < created,
+                                   sa.and_(Clip.created_at == created, Clip.id < clip_id)))
+    rows = list(db.session.scalars(query.order_by(Clip.created_at.desc(), Clip.id.desc()).limit(limit + 1)))
+    if len(rows) <= limit:
+        return rows, None
+    return rows[:limit], _cursor(rows[limit - 1])

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from limits import parse_many
-from pydantic import AliasGenerator, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AliasGenerator, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from clipqueue import defaults
@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     segment_cache_ttl_seconds: float = defaults.SEGMENT_CACHE_TTL_SECONDS
     identical_clip_window_seconds: float = defaults.IDENTICAL_CLIP_WINDOW_SECONDS
     identical_clip_wait_seconds: float = defaults.IDENTICAL_CLIP_WAIT_SECONDS
+    max_batch: Annotated[int, Field(ge=1, le=1000)] = defaults.MAX_BATCH
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

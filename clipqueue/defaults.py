@@ -155,3 +155,11 @@ SEGMENT_CACHE_BYTES = 2 * 1024 * 1024 * 1024
 SEGMENT_CACHE_TTL_SECONDS = 900.0
 IDENTICAL_CLIP_WINDOW_SECONDS = 24 * 3600.0
 IDENTICAL_CLIP_WAIT_SECONDS = 60.0
+
+# POST /api/v1/clips/batch takes at most MAX_BATCH clips (each created or refused on its own),
+# in a body of at most MAX_BATCH x MAX_REQUEST_BYTES.
+MAX_BATCH = 100
+# GET /api/v1/clips pages: LIST_LIMIT clips unless ?limit= asks for up to MAX_LIST_LIMIT, which
+# also bounds ?ids=.
+LIST_LIMIT = 20
+MAX_LIST_LIMIT = 100

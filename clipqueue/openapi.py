@@ -51,12 +51,13 @@ class Operation:
     media type (``""``: no body, a WebSocket's 101). ``body``: the request
     body is the clip request (its model built per deployment). ``private``
     reads need the bearer token when ``API_TOKENS`` is set, as every write does.
+    ``body`` may instead be a function of the settings that returns the body's model.
     """
 
     operation_id: str
     responses: dict[int, tuple[str, type | str | None]]
     summary: str = ""
-    body: bool = False
+    body: bool | Callable[[Settings], type[BaseModel]] = False
     query: type[BaseModel] | None = None
     headers: tuple[dict[str, Any], ...] = ()
     private: bool = False
@@ -151,8 +152,8 @@ def _operation_document(op: Operation, method: str, variables: list[str], settin
     if parameters:
         document["parameters"] = parameters
     if op.body:
-        document["requestBody"] = {"required": True,
-                                   "content": _content(_ref(clip_request_model(settings), schemas))}
+        body = clip_request_model(settings) if op.body is True else op.body(settings)
+        document["requestBody"] = {"required": True, "content": _content(_ref(body, schemas))}
     document["responses"] = responses
     return document
 

@@ -16,7 +16,9 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from clipqueue.jobs import JOB_QUEUED, get_redis, job_fields, job_logger, job_store, now_iso
 from clipqueue.keys import CONTROL_QUEUE, JOB_QUEUE
-from clipqueue.models import STATUS_PROCESSING, Clip, DeadLetter, db, utcnow
+from clipqueue.models import (
+    PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL, STATUS_PROCESSING, Clip, DeadLetter, db, utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,23 @@ PROCESS_TASK = "clipqueue.process_clip"
 FINALIZE_TASK = "clipqueue.finalize_clip"
 SWEEP_OUTBOX_TASK = "clipqueue.sweep_outbox"
 JANITOR_TASK = "clipqueue.janitor"
+
+
+# How kombu's Redis transport orders priorities (pinned here, read by celery_app's transport options):
+# a queue is one Redis list per step, "{queue}" for step 0 and "{queue}{PRIORITY_SEP}{step}" for the
+# others; a message of priority p (0-9) goes to the list of the highest step <= p. A consumer's one
+# BRPOP names every list, steps in this order (lowest number first), and Redis pops from the first
+# non-empty list: step 0 always wins. Within a list LPUSH + BRPOP is FIFO.
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+# Lower is sooner on Redis (AMQP's numbers run the other way). A message sent with no priority lands
+# in step 0 beside high jobs: every job message carries one (send_job).
+BROKER_PRIORITIES = {PRIORITY_HIGH: 0, PRIORITY_NORMAL: 3, PRIORITY_LOW: 6}
+
+
+def broker_priority(priority: str) -> int:
+    """The kombu priority of a clip's ``high``, ``normal`` or ``low``."""
+    return BROKER_PRIORITIES[priority]
 
 
 def celery_app() -> Celery:
@@ -35,12 +54,18 @@ def task_id(clip_id: str, step: str, nonce: str) -> str:
     return f"clip-{clip_id}-{step}-{nonce}"
 
 
-def send_job(clip_id: str) -> None:
-    """Send the clip's Celery chain: ``process_clip`` on the job queue, then ``finalize_clip``."""
+def send_job(clip_id: str, priority: str = PRIORITY_NORMAL) -> None:
+    """Send the clip's Celery chain: ``process_clip`` on the job queue at ``priority``, then finalizing.
+
+    The priority rides twice: as the message's broker priority, which orders
+    the queue (see :data:`BROKER_PRIORITIES`), and in the task's kwargs, where
+    Flower and ``celery inspect`` show it.
+    """
     app = celery_app()
     nonce = uuid.uuid4().hex[:8]
     chain = app.signature(
-        PROCESS_TASK, kwargs={"clip_id": clip_id}, queue=JOB_QUEUE, immutable=True
+        PROCESS_TASK, kwargs={"clip_id": clip_id, "priority": priority}, queue=JOB_QUEUE, immutable=True,
+        priority=broker_priority(priority),
     ).set(task_id=task_id(clip_id, "extract", nonce)) | app.signature(
         FINALIZE_TASK, kwargs={"clip_id": clip_id}, queue=CONTROL_QUEUE
     ).set(task_id=task_id(clip_id, "finalize", nonce))
@@ -53,25 +78,37 @@ def send_finalize(clip_id: str) -> None:
         task_id=task_id(clip_id, "finalize", uuid.uuid4().hex[:8])).apply_async(retry=False)
 
 
-def enqueue_job(clip: Clip) -> bool:
-    """Mirror the job's metadata in Redis and queue its Celery chain.
+def enqueue_jobs(clips: list[Clip]) -> int:
+    """Mirror each clip's job metadata in Redis and queue its Celery chain, in order; return how many.
 
-    The clip row must already be committed. Returns False, without raising,
-    when Redis cannot be reached: the clip keeps ``enqueued_at`` empty and the
-    outbox sweep queues it once Redis is back.
+    The clip rows must already be committed. When Redis cannot be reached it
+    stops there without raising: the clips left keep ``enqueued_at`` empty and
+    the outbox sweep queues them once Redis is back.
     """
-    clip_id = str(clip.id)
-    jlog = job_logger(log, clip_id)
-    try:
-        job_store().create(clip_id, job_fields(clip))
-        send_job(clip_id)
-    except (redis.RedisError, BrokerError, OSError) as exc:
-        jlog.warning("job not queued, Redis unavailable (the outbox sweep will queue it): %s", exc)
-        return False
-    clip.enqueued_at = utcnow()
-    db.session.commit()
-    jlog.info("job queued on %s", JOB_QUEUE)
-    return True
+    queued = []
+    for clip in clips:
+        clip_id = str(clip.id)
+        try:
+            job_store().create(clip_id, job_fields(clip))
+            send_job(clip_id, clip.priority or PRIORITY_NORMAL)
+        except (redis.RedisError, BrokerError, OSError) as exc:
+            job_logger(log, clip_id).warning(
+                "job not queued, Redis unavailable (the outbox sweep will queue it): %s", exc)
+            break
+        queued.append(clip)
+    if queued:
+        now = utcnow()
+        for clip in queued:
+            clip.enqueued_at = now
+        db.session.commit()
+        for clip in queued:
+            job_logger(log, str(clip.id)).info("job queued on %s (%s)", JOB_QUEUE, clip.priority)
+    return len(queued)
+
+
+def enqueue_job(clip: Clip) -> bool:
+    """:func:`enqueue_jobs` for one clip: False, without raising, when Redis cannot be reached."""
+    return enqueue_jobs([clip]) == 1
 
 
 def requeue_job(clip: Clip, reason: str) -> None:
@@ -85,7 +122,7 @@ def requeue_job(clip: Clip, reason: str) -> None:
         store.create(clip_id, job_fields(clip))
     store.update(clip_id, required=True, status=JOB_QUEUED, stage=None, requeued_at=now_iso(),
                  requeue_reason=reason, redeliveries=clip.redeliveries, deliveries=clip.deliveries)
-    send_job(clip_id)
+    send_job(clip_id, clip.priority or PRIORITY_NORMAL)
     clip.enqueued_at = utcnow()
     db.session.commit()
     job_logger(log, clip_id).warning("job re-queued (%s), redeliveries so far %d", reason, clip.redeliveries)
@@ -94,9 +131,6 @@ def requeue_job(clip: Clip, reason: str) -> None:
 _EXTRACT_TASK_ID = re.compile(
     rb"^clip-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-extract-")
 _SCAN_CHUNK = 1000
-# kombu's Redis transport keeps a queue's messages of priority p > 0 in "{queue}\x06\x16{p}".
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITY_STEPS = (3, 6, 9)
 # kombu's Redis transport keeps each delivered, unacknowledged message (prefetched,
 # running, or waiting for its ETA/countdown) in this hash until it is acknowledged.
 UNACKED_KEY = "unacked"
@@ -119,9 +153,18 @@ return {#messages, found}
 """
 
 
+def _step_list(step: int) -> str:
+    return JOB_QUEUE if step == 0 else f"{JOB_QUEUE}{PRIORITY_SEP}{step}"
+
+
 def job_queue_keys() -> list[str]:
-    """The Redis lists of ``clip_extraction_jobs``: the queue and its priority sub-lists."""
-    return [JOB_QUEUE, *(f"{JOB_QUEUE}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)]
+    """The Redis lists of ``clip_extraction_jobs``, in the order workers take from them."""
+    return [_step_list(step) for step in PRIORITY_STEPS]
+
+
+def job_list(priority: str = PRIORITY_NORMAL) -> str:
+    """The Redis list where a queued job of ``priority`` waits (kombu's list for its step)."""
+    return _step_list(max(step for step in PRIORITY_STEPS if step <= broker_priority(priority)))
 
 
 def waiting_clip_ids() -> set[str]:

@@ -444,3 +444,92 @@ class WebhookDeliveryQuery(BaseModel):
 
     status: Literal[DELIVERY_STATUSES] | None = None
     limit: Annotated[int, Field(ge=1, le=1000), BeforeValidator(_decimal_digits)] = 100
+
+
+# --- batch create and listing ------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def _batch_request(max_batch: int) -> type[BaseModel]:
+    class BatchRequest(BaseModel):
+        __doc__ = (f"1 to {max_batch} clips to create, each validated and created or refused on its own: "
+                   "an item that is not a valid clip request gets its error in the answer, in its place.")
+        # Items are checked one by one (an invalid one is answered in its place, not with a 400),
+        # so the document calls any value an item: what ClipRequest says applies to each.
+        clips: Annotated[list[Any], Field(
+            min_length=1, max_length=max_batch,
+            description="clip requests, as createClip's body (ClipRequest)")]
+
+    return BatchRequest
+
+
+def batch_request_model(settings: Settings) -> type[BaseModel]:
+    """``POST /api/v1/clips/batch``'s body, with this deployment's ``MAX_BATCH``."""
+    return _batch_request(settings.max_batch)
+
+
+def parse_batch_request(data: Any, settings: Settings) -> list[Any]:
+    """The batch's items, unchecked; a body that is no batch of 1 to ``MAX_BATCH`` items raises (``clips``)."""
+    items = data.get("clips") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not 1 <= len(items) <= settings.max_batch:
+        raise ValidationError(
+            f"the body must be {{\"clips\": [...]}} with 1 to {settings.max_batch} clip requests",
+            "clips", "missing_field" if isinstance(data, dict) and "clips" not in data else "invalid_field")
+    return items
+
+
+class BatchResult(BaseModel):
+    """Each item's outcome, in the order asked: the clip, or the error that refused it."""
+
+    clips: list[Clip | ErrorBody]
+
+
+def _page_limit(value: Any) -> Any:
+    if isinstance(value, str) and not (value.isascii() and value.isdigit() and len(value) <= 3):
+        raise PydanticCustomError("invalid_field", f"limit must be 1 to {defaults.MAX_LIST_LIMIT}")
+    return value
+
+
+_UUID = "[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+IDS_PATTERN = rf"^{_UUID}(?:,{_UUID}){{0,{defaults.MAX_LIST_LIMIT - 1}}}$"
+# A position in the list, newest first: the last clip's created_at (microseconds since the epoch) and id.
+# Clients pass next_cursor back as they got it; any value of this shape is a position.
+CURSOR_PATTERN = r"^[0-9]{1,17}_[0-9a-f]{32}$"
+
+
+class ClipListQuery(BaseModel):
+    """``GET /api/v1/clips``'s query string."""
+
+    status: ClipStatus | None = None
+    limit: Annotated[int, Field(ge=1, le=defaults.MAX_LIST_LIMIT), BeforeValidator(_page_limit)] = \
+        defaults.LIST_LIMIT
+    cursor: Annotated[str, Field(
+        json_schema_extra={"pattern": CURSOR_PATTERN},
+        description="the next_cursor of the page before, as given")] | None = None
+    ids: Annotated[str, Field(
+        json_schema_extra={"pattern": IDS_PATTERN},
+        description=f"up to {defaults.MAX_LIST_LIMIT} comma-separated clip ids: those clips, in this order "
+                    "(limit and cursor do not apply; status still filters)")] | None = None
+
+    @field_validator("cursor")
+    @classmethod
+    def _cursor_shape(cls, cursor: str) -> str:
+        if not re.match(CURSOR_PATTERN, cursor):
+            raise PydanticCustomError("invalid_field", "cursor is not a next_cursor this API gave")
+        return cursor
+
+    @field_validator("ids")
+    @classmethod
+    def _ids_shape(cls, ids: str) -> str:
+        if not re.match(IDS_PATTERN, ids):
+            raise PydanticCustomError(
+                "invalid_field", f"ids must be 1 to {defaults.MAX_LIST_LIMIT} comma-separated clip UUIDs")
+        return ids
+
+
+class ClipList(BaseModel):
+    """A page of clips, newest first; or the clips ``ids`` asked for, in that order."""
+
+    clips: list[Clip]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
+    missing: list[str] = Field(
+        description="with ids: the ids that matched no clip (none such, or not in status); else empty")

@@ -138,8 +138,11 @@ class ClipJobTask(AppContextTask):
                               attempts=self.request.retries + 1, traceback=str(einfo))
 
 
-def process_clip(self, clip_id: str) -> StoredClip | None:
+def process_clip(self, clip_id: str, priority: str | None = None) -> StoredClip | None:
     """Fetch the range, cut it, make the thumbnail and upload both.
+
+    ``priority`` is there for Flower to show: the broker ordered the job by
+    its message's priority before it got here.
 
     Returns the stored output, or None, doing nothing, for a clip that is no
     longer processing or whose job runs elsewhere right now (a duplicate

@@ -7,7 +7,8 @@ import json
 import pytest
 import redis
 
-from clipqueue.keys import CONTROL_QUEUE, JOB_QUEUE, job_key
+from clipqueue.keys import CONTROL_QUEUE, job_key
+from clipqueue.queue import job_list, job_queue_keys
 
 GOOD = {"vod_url": "http://127.0.0.1:9/hls/master.m3u8", "start_time": 10.0, "end_time": 25.0}
 
@@ -138,7 +139,9 @@ def test_create_records_clip_and_queues_one_job_with_metadata(api):
     client = redis.Redis.from_url(api.env["REDIS_URL"])
     ttl = client.ttl(job_key(clip["clip_id"]))
     assert 7 * 24 * 3600 - 60 < ttl <= 7 * 24 * 3600
-    assert client.llen(JOB_QUEUE) == 1
+    # A normal job waits in its priority's list of clip_extraction_jobs (clipqueue.queue.BROKER_PRIORITIES).
+    assert client.llen(job_list("normal")) == 1
+    assert sum(client.llen(key) for key in job_queue_keys()) == 1
     assert client.llen(CONTROL_QUEUE) == 0  # the finalizing step is sent only when extraction ends
 
 
@@ -148,7 +151,7 @@ def test_queue_reports_pending_jobs_from_the_real_queue(api):
     counts = api.client.get("/api/v1/queue").get_json()
     assert counts["pending"] == 3
     assert counts["dead_letter"] == 0
-    redis.Redis.from_url(api.env["REDIS_URL"]).lpop(JOB_QUEUE)
+    redis.Redis.from_url(api.env["REDIS_URL"]).lpop(job_list("normal"))
     assert api.client.get("/api/v1/queue").get_json()["pending"] == 2
 
 

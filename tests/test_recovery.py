@@ -12,7 +12,7 @@ from collections import Counter
 
 import redis
 
-from clipqueue.keys import JOB_QUEUE, job_key
+from clipqueue.keys import job_key
 
 STORM = int(os.environ.get("RECOVERY_STORM", "130"))
 
@@ -20,7 +20,7 @@ STORM = int(os.environ.get("RECOVERY_STORM", "130"))
 def test_janitor_requeues_every_lost_job_of_a_storm_once_and_leaves_waiting_ones_alone(service_factory):
     from clipqueue.janitor import MAX_REQUEUES, PAGE, run_janitor
     from clipqueue.models import Clip, db
-    from clipqueue.queue import enqueue_job, waiting_clip_ids
+    from clipqueue.queue import enqueue_job, job_list, waiting_clip_ids
 
     # A short run uses small pages and bounds, so that it still crosses pages and needs two rounds.
     page_size, max_requeues = (PAGE, MAX_REQUEUES) if "RECOVERY_STORM" in os.environ else (40, 100)
@@ -37,7 +37,7 @@ def test_janitor_requeues_every_lost_job_of_a_storm_once_and_leaves_waiting_ones
             assert enqueue_job(row)
         waiting_one = clip_ids[-1]
         # A storm's loss: every queued message but the last, and every other job's metadata besides.
-        client.ltrim(JOB_QUEUE, 0, 0)
+        client.ltrim(job_list(), 0, 0)
         assert waiting_clip_ids() == {waiting_one}
         client.delete(*(job_key(clip_id) for clip_id in clip_ids[:STORM - 1:2]))
         time.sleep(1.2)  # quiet for a lease TTL
@@ -55,4 +55,4 @@ def test_janitor_requeues_every_lost_job_of_a_storm_once_and_leaves_waiting_ones
     assert all(sum(done.values()) <= max_requeues for done, _ in rounds)
     total = sum((done for done, _ in rounds), start=Counter())
     assert total == {"requeued_lost_metadata": STORM // 2, "requeued_lost_message": STORM - 1 - STORM // 2}
-    assert client.llen(JOB_QUEUE) == STORM  # each lost job queued once more, the waiting one left alone
+    assert client.llen(job_list()) == STORM  # each lost job queued once more, the waiting one left alone

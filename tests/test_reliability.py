@@ -12,8 +12,12 @@ import pytest
 import redis
 
 from clipqueue.keys import DEAD_LETTER_QUEUE
+from clipqueue.queue import job_list
 from samplevod.server import serve_directory
 from tests.services import RedisServer, free_port, wait_until
+
+# The Redis list where a normal job waits (kombu's list for its priority step, behind clip_extraction_jobs).
+NORMAL_JOBS = job_list("normal")
 
 pytestmark = pytest.mark.e2e
 
@@ -171,7 +175,7 @@ def test_delivery_after_the_output_is_stored_finalizes_instead_of_redoing(servic
                30, what="the lease to be released")
     with service.app.app_context():
         send_job(clip_id)  # a late duplicate, after the holder released the lease
-    wait_until(lambda: redis.Redis.from_url(service.env["REDIS_URL"]).llen("clip_extraction_jobs") == 0, 30,
+    wait_until(lambda: redis.Redis.from_url(service.env["REDIS_URL"]).llen(NORMAL_JOBS) == 0, 30,
                what="the duplicate to be taken")
     service.start_worker("control", queues="clipqueue_control")
 
@@ -561,7 +565,7 @@ def test_backlog_older_than_the_processing_deadline_waits_and_is_not_failed(serv
     time.sleep(6)  # several janitor rounds, each past the deadline
     assert service.clip(clip_id)["status"] == "processing"
     assert service.job(clip_id)["status"] == "queued"
-    assert client.llen("clip_extraction_jobs") == 1
+    assert client.llen(NORMAL_JOBS) == 1
 
     service.start_worker("late", queues="clip_extraction_jobs")
     clip = service.wait_for_clip(clip_id)
@@ -576,12 +580,12 @@ def test_queued_jobs_whose_messages_were_lost_are_queued_again_long_before_the_d
     service = service_factory(**FAST_RECOVERY)
     clip_ids = _start_clips(service, master_url, 3)
     client = redis.Redis.from_url(service.env["REDIS_URL"])
-    assert client.delete("clip_extraction_jobs") == 1  # lost, as with Redis' AOF fsync'ed every second
+    assert client.delete(NORMAL_JOBS) == 1  # lost, as with Redis' AOF fsync'ed every second
     lost_at = time.monotonic()
     service.start_worker("maintenance", queues="clipqueue_control")
     service.start_beat()
 
-    wait_until(lambda: client.llen("clip_extraction_jobs") == 3, 30, interval=0.2,
+    wait_until(lambda: client.llen(NORMAL_JOBS) == 3, 30, interval=0.2,
                what="the jobs to be re-queued")
     print(f"\nlost queue messages re-queued {time.monotonic() - lost_at:.1f} s after the loss")
     service.start_worker("jobs", queues="clip_extraction_jobs")
@@ -649,19 +653,19 @@ def test_janitor_that_finds_another_running_does_nothing(service_factory, master
     client = redis.Redis.from_url(service.env["REDIS_URL"])
     # A running job whose worker died: what a janitor would re-queue.
     client.hset(f"clip_extraction_job:{clip_id}", mapping={"status": "running", "updated_at": "2020-01-01T00:00:00Z"})
-    client.delete("clip_extraction_jobs")
+    client.delete(NORMAL_JOBS)
     celery = service.app.extensions["celery"]
     janitor = celery.tasks["clipqueue.janitor"]
 
     client.set(maintenance_lock_key("janitor"), "another-janitor", ex=60)
     with service.app.app_context():
         assert janitor() is None
-    assert client.llen("clip_extraction_jobs") == 0 and clip_row(service, clip_id).redeliveries == 0
+    assert client.llen(NORMAL_JOBS) == 0 and clip_row(service, clip_id).redeliveries == 0
 
     client.delete(maintenance_lock_key("janitor"))
     with service.app.app_context():
         assert janitor() == {"requeued_worker_lost": 1}
-    assert client.llen("clip_extraction_jobs") == 1 and clip_row(service, clip_id).redeliveries == 1
+    assert client.llen(NORMAL_JOBS) == 1 and clip_row(service, clip_id).redeliveries == 1
 
 
 def test_janitor_tells_a_job_killed_at_its_time_limit_from_a_lost_worker(service_factory, master_url):
