@@ -11,7 +11,8 @@ from clipqueue.heartbeat import WorkerHeartbeat
 from clipqueue.jobs import ClipIdLogFilter, current_clip_id
 from clipqueue.keys import CONTROL_QUEUE
 from clipqueue.logs import quiet_periodic_task_logs
-from clipqueue.queue import JANITOR_TASK, PRIORITY_SEP, PRIORITY_STEPS, SWEEP_OUTBOX_TASK
+from clipqueue.broker import PRIORITY_SEP, PRIORITY_STEPS, TRANSPORT
+from clipqueue.queue import JANITOR_TASK, SWEEP_OUTBOX_TASK
 from clipqueue.sentry import tag_clip
 from clipqueue.webhooks import SWEEP_TASK as WEBHOOK_SWEEP_TASK
 
@@ -63,12 +64,14 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     celery.config_from_object("celeryconfig")
     celery.conf.update(
         broker_url=settings.redis_url,
+        # kombu's Redis transport with normal jobs in clip_extraction_jobs itself (clipqueue.broker).
+        broker_transport=TRANSPORT,
         broker_transport_options={
             "socket_connect_timeout": 2,
             "socket_timeout": 30,
             "health_check_interval": 10,
             "visibility_timeout": visibility_timeout(settings),
-            # Job priorities (clipqueue.queue): one list per step, BRPOP in step order. Every
+            # Job priorities (clipqueue.broker): one list per step, BRPOP in step order. Every
             # process (web, workers, beat, Flower) must name the same steps to see the same lists.
             "priority_steps": list(PRIORITY_STEPS),
             "sep": PRIORITY_SEP,

@@ -1,7 +1,7 @@
 """Redis key and queue names, in one place. These names are part of the contract (SPEC.md)."""
 
-# The Celery queue of clip jobs: Redis lists, FIFO each, one per priority step (the high jobs' is
-# this very name; see clipqueue.queue.BROKER_PRIORITIES).
+# The Celery queue of clip jobs: Redis lists, FIFO each, one per priority step; normal jobs wait in
+# this very list, high and low ones in its sub-lists (clipqueue.broker).
 JOB_QUEUE = "clip_extraction_jobs"
 # Jobs that failed for good, as JSON records an operator can inspect and replay.
 DEAD_LETTER_QUEUE = "clip_extraction_jobs_failed"

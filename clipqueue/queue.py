@@ -14,11 +14,10 @@ from celery import Celery
 from flask import current_app
 from kombu.exceptions import OperationalError as BrokerError
 
+from clipqueue.broker import BROKER_PRIORITIES, PRIORITY_STEPS, job_step_list
 from clipqueue.jobs import JOB_QUEUED, get_redis, job_fields, job_logger, job_store, now_iso
 from clipqueue.keys import CONTROL_QUEUE, JOB_QUEUE
-from clipqueue.models import (
-    PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL, STATUS_PROCESSING, Clip, DeadLetter, db, utcnow,
-)
+from clipqueue.models import PRIORITY_NORMAL, STATUS_PROCESSING, Clip, DeadLetter, db, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +25,6 @@ PROCESS_TASK = "clipqueue.process_clip"
 FINALIZE_TASK = "clipqueue.finalize_clip"
 SWEEP_OUTBOX_TASK = "clipqueue.sweep_outbox"
 JANITOR_TASK = "clipqueue.janitor"
-
-
-# How kombu's Redis transport orders priorities (pinned here, read by celery_app's transport options):
-# a queue is one Redis list per step, "{queue}" for step 0 and "{queue}{PRIORITY_SEP}{step}" for the
-# others; a message of priority p (0-9) goes to the list of the highest step <= p. A consumer's one
-# BRPOP names every list, steps in this order (lowest number first), and Redis pops from the first
-# non-empty list: step 0 always wins. Within a list LPUSH + BRPOP is FIFO.
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = (0, 3, 6, 9)
-# Lower is sooner on Redis (AMQP's numbers run the other way). A message sent with no priority lands
-# in step 0 beside high jobs: every job message carries one (send_job).
-BROKER_PRIORITIES = {PRIORITY_HIGH: 0, PRIORITY_NORMAL: 3, PRIORITY_LOW: 6}
 
 
 def broker_priority(priority: str) -> int:
@@ -153,18 +140,14 @@ return {#messages, found}
 """
 
 
-def _step_list(step: int) -> str:
-    return JOB_QUEUE if step == 0 else f"{JOB_QUEUE}{PRIORITY_SEP}{step}"
-
-
 def job_queue_keys() -> list[str]:
     """The Redis lists of ``clip_extraction_jobs``, in the order workers take from them."""
-    return [_step_list(step) for step in PRIORITY_STEPS]
+    return [job_step_list(step) for step in PRIORITY_STEPS]
 
 
 def job_list(priority: str = PRIORITY_NORMAL) -> str:
     """The Redis list where a queued job of ``priority`` waits (kombu's list for its step)."""
-    return _step_list(max(step for step in PRIORITY_STEPS if step <= broker_priority(priority)))
+    return job_step_list(max(step for step in PRIORITY_STEPS if step <= broker_priority(priority)))
 
 
 def waiting_clip_ids() -> set[str]:

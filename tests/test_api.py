@@ -7,7 +7,7 @@ import json
 import pytest
 import redis
 
-from clipqueue.keys import CONTROL_QUEUE, job_key
+from clipqueue.keys import CONTROL_QUEUE, JOB_QUEUE, job_key
 from clipqueue.queue import job_list, job_queue_keys
 
 GOOD = {"vod_url": "http://127.0.0.1:9/hls/master.m3u8", "start_time": 10.0, "end_time": 25.0}
@@ -139,8 +139,8 @@ def test_create_records_clip_and_queues_one_job_with_metadata(api):
     client = redis.Redis.from_url(api.env["REDIS_URL"])
     ttl = client.ttl(job_key(clip["clip_id"]))
     assert 7 * 24 * 3600 - 60 < ttl <= 7 * 24 * 3600
-    # A normal job waits in its priority's list of clip_extraction_jobs (clipqueue.queue.BROKER_PRIORITIES).
-    assert client.llen(job_list("normal")) == 1
+    # A normal job waits in clip_extraction_jobs itself (SPEC); high and low ones in its sub-lists.
+    assert client.llen(JOB_QUEUE) == 1
     assert sum(client.llen(key) for key in job_queue_keys()) == 1
     assert client.llen(CONTROL_QUEUE) == 0  # the finalizing step is sent only when extraction ends
 

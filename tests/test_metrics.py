@@ -44,16 +44,18 @@ def test_metrics_report_queue_depth_and_clips_by_status(service_factory):
 def test_queue_length_and_pending_count_the_messages_kombu_keeps_in_priority_sub_lists(service_factory):
     import redis
 
+    from clipqueue.keys import JOB_QUEUE
     from clipqueue.queue import job_queue_keys
 
     service = service_factory()
     assert service.create_clip(**GOOD).status_code == 201
     client = redis.Redis.from_url(service.env["REDIS_URL"])
-    for key in job_queue_keys()[1:]:  # kombu's lists for priorities other than the default
+    sub_lists = [key for key in job_queue_keys() if key != JOB_QUEUE]  # the lists of high and low jobs
+    for key in sub_lists:
         client.lpush(key, "{}")
     values = samples(service.client.get("/metrics"))
-    assert values[("clipqueue_queue_length", (("queue", "clip_extraction_jobs"),))] == 1 + len(job_queue_keys()[1:])
-    assert service.client.get("/api/v1/queue").get_json()["pending"] == 1 + len(job_queue_keys()[1:])
+    assert values[("clipqueue_queue_length", (("queue", "clip_extraction_jobs"),))] == 1 + len(sub_lists)
+    assert service.client.get("/api/v1/queue").get_json()["pending"] == 1 + len(sub_lists)
 
 
 def test_metrics_are_refused_to_remote_clients_without_a_token(service_factory):

@@ -65,7 +65,8 @@ def test_high_starts_before_a_backlog_of_hundreds_of_normal_jobs_while_low_waits
     # Every priority's waiting jobs are counted, each in kombu's list for its step.
     assert service.client.get("/api/v1/queue").get_json()["pending"] == BACKLOG + 2
     r = redis.Redis.from_url(service.env["REDIS_URL"])
-    high_list, _normal_list, low_list, _ = job_queue_keys()
+    high_list, normal_list, low_list, _ = job_queue_keys()
+    assert normal_list == "clip_extraction_jobs"  # SPEC's list holds the normal jobs, nearly all of them
     assert [r.llen(key) for key in job_queue_keys()] == [1, BACKLOG, 1, 0]
     assert _message(r.lindex(high_list, 0)) == (0, {"clip_id": high, "priority": "high"})
     assert _message(r.lindex(low_list, 0)) == (6, {"clip_id": low, "priority": "low"})
