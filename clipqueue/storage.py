@@ -13,6 +13,15 @@ from clipqueue.exceptions import StorageRejected, StorageUnavailable
 
 CONTENT_TYPES = {".mp4": "video/mp4", ".jpg": "image/jpeg"}
 
+# The end of each object a clip may store, after its id: the clip, its thumbnail, its thumbnails by size,
+# its preview and its portrait version. A canceled clip's files are found by these.
+CLIP_SUFFIX = ".mp4"
+THUMBNAIL_SUFFIX = ".jpg"
+PREVIEW_SUFFIX = "-preview.mp4"
+PORTRAIT_SUFFIX = "-portrait.mp4"
+THUMBNAIL_SIZE_SUFFIXES = {"small": "-small.jpg", "medium": "-medium.jpg", "large": "-large.jpg"}
+OUTPUT_SUFFIXES = (CLIP_SUFFIX, THUMBNAIL_SUFFIX, PREVIEW_SUFFIX, PORTRAIT_SUFFIX, *THUMBNAIL_SIZE_SUFFIXES.values())
+
 
 def object_key(clip_id: str, suffix: str) -> str:
     """The stored object's key comes from the clip id alone, so a rerun overwrites it."""

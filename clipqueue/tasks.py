@@ -48,11 +48,21 @@ from clipqueue.keys import maintenance_lock_key
 from clipqueue.lease import JobLease
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.media.process import kill_running
-from clipqueue.media.thumbnail import make_thumbnail
-from clipqueue.models import STATUS_CANCELED, STATUS_PROCESSING, db
+from clipqueue.media.renditions import make_renditions
+from clipqueue.media.thumbnail import THUMBNAIL_WIDTH, make_thumbnail
+from clipqueue.models import OUTPUT_PORTRAIT, STATUS_CANCELED, STATUS_PROCESSING, db
 from clipqueue.queue import FINALIZE_TASK, JANITOR_TASK, PROCESS_TASK, SWEEP_OUTBOX_TASK, sweep_outbox
 from clipqueue.publicurl import links_base_url
-from clipqueue.storage import object_key, storage_from_settings
+from clipqueue.storage import (
+    CLIP_SUFFIX,
+    OUTPUT_SUFFIXES,
+    PORTRAIT_SUFFIX,
+    PREVIEW_SUFFIX,
+    THUMBNAIL_SIZE_SUFFIXES,
+    THUMBNAIL_SUFFIX,
+    object_key,
+    storage_from_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +94,14 @@ class StoredClip(TypedDict):
     muted_ranges: list[list[float]]
     method: str
     codec: str | None
+    preview_url: str | None
+    thumbnails: dict[str, str] | None  # "small", "medium", "large" → URL
+    portrait_url: str | None
+
+
+# Where each picture made from a clip is stored, after the clip's id.
+_PICTURE_SUFFIXES = {"thumbnail": THUMBNAIL_SUFFIX, "preview": PREVIEW_SUFFIX, "portrait": PORTRAIT_SUFFIX,
+                     **THUMBNAIL_SIZE_SUFFIXES}
 
 
 def describe_error(exc: BaseException) -> str:
@@ -173,6 +191,7 @@ def process_clip(self, clip_id: str) -> StoredClip | None:
             return clip.output if clip.status == STATUS_PROCESSING else None
         request = ClipRequest(source_url=clip.vod_url, start_time=clip.start_time, end_time=clip.end_time,
                               quality=clip.quality, mode=clip.mode)
+        portrait_fill = (clip.portrait_fill or "crop") if OUTPUT_PORTRAIT in (clip.outputs or ()) else None
         if self.request.retries == 0:  # a retry's wait is its backoff, not the queue
             metrics.observe_queue_wait(clip.enqueued_at or clip.created_at)
         deliveries = clips.count_delivery(clip_id)
@@ -194,7 +213,7 @@ def process_clip(self, clip_id: str) -> StoredClip | None:
                   request.start_time, request.end_time, request.quality, request.mode)
         try:
             lease.check(renew=True)  # canceled while it waited for its lease
-            stored = _produce(clip_id, request, settings, store, lease.check)
+            stored = _produce(clip_id, request, settings, store, lease.check, portrait_fill)
             lease.check(renew=True)
             if not _keep_output(jlog, clip_id, stored):
                 # Only a canceled clip's files go: a clip another delivery made ready has the same keys.
@@ -232,7 +251,7 @@ def _stopped_by_cancel(jlog, clip_id: str, settings: Settings, store) -> None:
 def discard_output(clip_id: str, settings: Settings) -> None:
     """Remove the clip's stored files: a canceled clip keeps nothing."""
     storage = storage_from_settings(settings)
-    for suffix in (".mp4", ".jpg"):
+    for suffix in OUTPUT_SUFFIXES:
         try:
             storage.delete(object_key(clip_id, suffix))
         except (ClipqueueError, OSError) as exc:
@@ -240,8 +259,9 @@ def discard_output(clip_id: str, settings: Settings) -> None:
 
 
 def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
-             check_lease: Callable[[], None]) -> StoredClip:
-    """Extract, thumbnail and upload in one scratch folder that never outlives the job."""
+             check_lease: Callable[[], None], portrait_fill: str | None = None) -> StoredClip:
+    """Extract, make the pictures (and the portrait version with ``portrait_fill``) and upload, in one scratch
+    folder that never outlives the job."""
     jlog = job_logger(log, clip_id)
     scratch_root = Path(settings.scratch_dir or tempfile.gettempdir())
     remove_stale_scratch(scratch_root, settings.job_hard_time_limit_seconds * 2)
@@ -265,27 +285,27 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
         result = extract_clip(request, workdir, ExtractOptions.from_settings(settings, thumbnail=True), on_stage)
         extracted = time.perf_counter()
         metrics.count_source_bytes(result.bytes_fetched)
-        thumbnail = result.thumbnail
-        # An audio-only clip has no picture to show.
-        if thumbnail is None and result.width is not None:
-            stages.enter("thumbnail")
-            store.update(clip_id, stage="thumbnail", progress=85)
-            thumbnail = _fallback_thumbnail(jlog, result, workdir)
-        check_lease()
-        stages.enter("uploading")
-        store.update(clip_id, stage="uploading", progress=90)
         storage = storage_from_settings(settings, links_base_url(settings, get_redis()))
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            thumbnail_upload = pool.submit(storage.put_file, thumbnail, object_key(clip_id, ".jpg")) if thumbnail else None
-            video_url = storage.put_file(result.path, object_key(clip_id, ".mp4"))
-            thumbnail_url = thumbnail_upload.result() if thumbnail_upload else None
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            # The clip uploads while its pictures are made from it.
+            video_upload = pool.submit(storage.put_file, result.path, object_key(clip_id, CLIP_SUFFIX))
+            pictures = {}
+            if result.width is not None:  # an audio-only clip has no picture to show
+                stages.enter("thumbnail")
+                store.update(clip_id, stage="thumbnail", progress=85)
+                pictures = _make_pictures(jlog, result, workdir, portrait_fill)
+            check_lease()
+            stages.enter("uploading")
+            store.update(clip_id, stage="uploading", progress=90)
+            urls = _store_pictures(pool, storage, clip_id, pictures)
+            video_url = video_upload.result()
         stages.finish()
         finished = time.perf_counter()
-    jlog.info("stored %s (%d bytes, %s) in %.2f s: extract %.2f s, thumbnail and upload %.2f s", video_url,
+    jlog.info("stored %s (%d bytes, %s) in %.2f s: extract %.2f s, pictures and upload %.2f s", video_url,
               result.size_bytes, result.method, finished - began, extracted - began, finished - extracted)
     return StoredClip(
         video_url=video_url,
-        thumbnail_url=thumbnail_url,
+        thumbnail_url=urls.get("thumbnail"),
         quality_used=result.quality_used,
         duration=result.duration,
         actual_start_time=result.actual_start_time,
@@ -296,7 +316,41 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
         muted_ranges=[list(r) for r in result.muted_ranges],
         method=result.method,
         codec=result.codec,
+        preview_url=urls.get("preview"),
+        thumbnails={name: urls[name] for name in THUMBNAIL_SIZE_SUFFIXES} if "small" in urls else None,
+        portrait_url=urls.get("portrait"),
     )
+
+
+def _make_pictures(jlog, result, workdir: Path, portrait_fill: str | None) -> dict[str, Path]:
+    """The files shown beside the clip, by name ("thumbnail", "small", "medium", "large", "preview",
+    "portrait"), made from the finished clip in one FFmpeg run.
+
+    Pictures are not the clip: when they cannot be made the clip is still
+    ready, with only the thumbnail (taken alone if the cut made none).
+    """
+    try:
+        made = make_renditions(result.path, workdir, width=result.width, height=result.height,
+                               duration=result.duration, portrait_fill=portrait_fill,
+                               poster_width=None if result.thumbnail else THUMBNAIL_WIDTH)
+    except (ClipqueueError, OSError, subprocess.TimeoutExpired) as exc:
+        jlog.warning("no preview, thumbnails or portrait: %s", exc)
+        thumbnail = result.thumbnail or _fallback_thumbnail(jlog, result, workdir)
+        return {"thumbnail": thumbnail} if thumbnail else {}
+    pictures = {"thumbnail": result.thumbnail or made.poster, **made.thumbnails, "preview": made.preview}
+    if made.portrait:
+        pictures["portrait"] = made.portrait
+    return pictures
+
+
+def _store_pictures(pool: ThreadPoolExecutor, storage, clip_id: str, pictures: dict[str, Path]) -> dict[str, str]:
+    """Upload each file of ``pictures`` once (thumbnail sizes capped at the clip's width share one); return
+    every picture's URL by name."""
+    uploads = {}
+    for name, path in pictures.items():
+        if path not in uploads:
+            uploads[path] = pool.submit(storage.put_file, path, object_key(clip_id, _PICTURE_SUFFIXES[name]))
+    return {name: uploads[path].result() for name, path in pictures.items()}
 
 
 def _keep_output(jlog, clip_id: str, stored: StoredClip) -> bool:
