@@ -13,14 +13,12 @@ from clipqueue.exceptions import StorageRejected, StorageUnavailable
 
 CONTENT_TYPES = {".mp4": "video/mp4", ".jpg": "image/jpeg"}
 
-# The end of each object a clip may store, after its id: the clip, its thumbnail, its thumbnails by size,
-# its preview and its portrait version. A canceled clip's files are found by these.
-CLIP_SUFFIX = ".mp4"
-THUMBNAIL_SUFFIX = ".jpg"
-PREVIEW_SUFFIX = "-preview.mp4"
-PORTRAIT_SUFFIX = "-portrait.mp4"
-THUMBNAIL_SIZE_SUFFIXES = {"small": "-small.jpg", "medium": "-medium.jpg", "large": "-large.jpg"}
-OUTPUT_SUFFIXES = (CLIP_SUFFIX, THUMBNAIL_SUFFIX, PREVIEW_SUFFIX, PORTRAIT_SUFFIX, *THUMBNAIL_SIZE_SUFFIXES.values())
+# Each object a clip may store, by name, as the end of its key after the clip's id: the clip, its thumbnail,
+# its thumbnails by size, its preview and its portrait version. A canceled clip's objects are found by these.
+OBJECT_SUFFIXES = {
+    "video": ".mp4", "thumbnail": ".jpg", "small": "-small.jpg", "medium": "-medium.jpg", "large": "-large.jpg",
+    "preview": "-preview.mp4", "portrait": "-portrait.mp4",
+}
 
 
 def object_key(clip_id: str, suffix: str) -> str:

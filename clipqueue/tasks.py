@@ -48,21 +48,12 @@ from clipqueue.keys import maintenance_lock_key
 from clipqueue.lease import JobLease
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.media.process import kill_running
-from clipqueue.media.renditions import make_renditions
+from clipqueue.media.renditions import THUMBNAIL_SIZES, make_renditions
 from clipqueue.media.thumbnail import THUMBNAIL_WIDTH, make_thumbnail
 from clipqueue.models import OUTPUT_PORTRAIT, STATUS_CANCELED, STATUS_PROCESSING, db
 from clipqueue.queue import FINALIZE_TASK, JANITOR_TASK, PROCESS_TASK, SWEEP_OUTBOX_TASK, sweep_outbox
 from clipqueue.publicurl import links_base_url
-from clipqueue.storage import (
-    CLIP_SUFFIX,
-    OUTPUT_SUFFIXES,
-    PORTRAIT_SUFFIX,
-    PREVIEW_SUFFIX,
-    THUMBNAIL_SIZE_SUFFIXES,
-    THUMBNAIL_SUFFIX,
-    object_key,
-    storage_from_settings,
-)
+from clipqueue.storage import OBJECT_SUFFIXES, object_key, storage_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +88,6 @@ class StoredClip(TypedDict):
     preview_url: str | None
     thumbnails: dict[str, str] | None  # "small", "medium", "large" → URL
     portrait_url: str | None
-
-
-# Where each picture made from a clip is stored, after the clip's id.
-_PICTURE_SUFFIXES = {"thumbnail": THUMBNAIL_SUFFIX, "preview": PREVIEW_SUFFIX, "portrait": PORTRAIT_SUFFIX,
-                     **THUMBNAIL_SIZE_SUFFIXES}
 
 
 def describe_error(exc: BaseException) -> str:
@@ -251,7 +237,7 @@ def _stopped_by_cancel(jlog, clip_id: str, settings: Settings, store) -> None:
 def discard_output(clip_id: str, settings: Settings) -> None:
     """Remove the clip's stored files: a canceled clip keeps nothing."""
     storage = storage_from_settings(settings)
-    for suffix in OUTPUT_SUFFIXES:
+    for suffix in OBJECT_SUFFIXES.values():
         try:
             storage.delete(object_key(clip_id, suffix))
         except (ClipqueueError, OSError) as exc:
@@ -288,7 +274,7 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
         storage = storage_from_settings(settings, links_base_url(settings, get_redis()))
         with ThreadPoolExecutor(max_workers=2) as pool:
             # The clip uploads while its pictures are made from it.
-            video_upload = pool.submit(storage.put_file, result.path, object_key(clip_id, CLIP_SUFFIX))
+            video_upload = pool.submit(storage.put_file, result.path, object_key(clip_id, OBJECT_SUFFIXES["video"]))
             pictures = {}
             if result.width is not None:  # an audio-only clip has no picture to show
                 stages.enter("thumbnail")
@@ -317,7 +303,7 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
         method=result.method,
         codec=result.codec,
         preview_url=urls.get("preview"),
-        thumbnails={name: urls[name] for name in THUMBNAIL_SIZE_SUFFIXES} if "small" in urls else None,
+        thumbnails={name: urls[name] for name in THUMBNAIL_SIZES} if "small" in urls else None,
         portrait_url=urls.get("portrait"),
     )
 
@@ -349,7 +335,7 @@ def _store_pictures(pool: ThreadPoolExecutor, storage, clip_id: str, pictures: d
     uploads = {}
     for name, path in pictures.items():
         if path not in uploads:
-            uploads[path] = pool.submit(storage.put_file, path, object_key(clip_id, _PICTURE_SUFFIXES[name]))
+            uploads[path] = pool.submit(storage.put_file, path, object_key(clip_id, OBJECT_SUFFIXES[name]))
     return {name: uploads[path].result() for name, path in pictures.items()}
 
 
