@@ -1,6 +1,6 @@
 """The worker's tasks: extract and store a clip, then finalize its record; and beat's maintenance.
 
-Extraction, thumbnail and upload run in one task because they share local
+Extraction, the pictures made from the clip and upload run in one task because they share local
 files: workers on different hosts share no disk, so the upload must run where
 the file was cut. Only URLs and probe figures travel to ``finalize_clip``,
 which may run on any host; they are kept in the database first, so a lost
@@ -138,7 +138,7 @@ class ClipJobTask(AppContextTask):
 
 
 def process_clip(self, clip_id: str) -> StoredClip | None:
-    """Fetch the range, cut it, make the thumbnail and upload both.
+    """Fetch the range, cut it, make its pictures (and portrait version) and upload them.
 
     Returns the stored output, or None, doing nothing, for a clip that is no
     longer processing or whose job runs elsewhere right now (a duplicate

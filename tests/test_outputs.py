@@ -78,7 +78,7 @@ def test_ready_clip_has_thumbnails_a_preview_and_a_frame_exact_blurred_portrait(
                                                                                 vod_dir, vod_server, tmp_path):
     service = service_factory()
     service.start_worker()
-    start, end = 7.3, 19.5  # off keyframes: the clip is smart-cut
+    start, end = 7.3, 14.5  # off keyframes (smart cut), and longer than a preview
     clip_id = service.create_clip(vod_url=master_url, start_time=start, end_time=end, quality="360p",
                                   outputs=["portrait"], portrait_fill="blur").get_json()["clip_id"]
     audio_id = service.create_clip(vod_url=vod_server.url + _master_with_audio_only(vod_dir), start_time=start,
