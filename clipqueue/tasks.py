@@ -1,8 +1,8 @@
 """The worker's tasks: extract and store a clip, then finalize its record; and beat's maintenance.
 
-Extraction, the pictures made from the clip and upload run in one task because they share local
-files: workers on different hosts share no disk, so the upload must run where
-the file was cut. Only URLs and probe figures travel to ``finalize_clip``,
+Extraction, the pictures made from the clip and upload run in one task
+because they share local files: workers on different hosts share no disk, so
+the upload must run where the file was cut. Only URLs and probe figures travel to ``finalize_clip``,
 which may run on any host; they are kept in the database first, so a lost
 finalize can be sent again.
 
