@@ -10,7 +10,7 @@ than its 6 s preview.
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from clipqueue.exceptions import InvalidMedia
@@ -38,7 +38,6 @@ class Renditions:
     preview: Path  # H.264 MP4, no audio, at most 640 px wide and 6 s
     portrait: Path | None = None  # H.264 MP4 with the clip's audio, when asked for
     poster: Path | None = None  # the clip's ``thumbnail_url`` JPEG, when asked for
-    widths: dict[str, int] = field(default_factory=dict)  # each thumbnail's width
 
 
 def thumbnail_widths(width: int) -> dict[str, int]:
@@ -93,8 +92,8 @@ def make_renditions(clip: Path, workdir: Path, *, width: int, height: int, durat
 
     preview_start, preview_length = preview_window(duration)
     at = thumbnail_time(duration)
-    # The portrait needs every frame; the rest only the stretch from the thumbnails to the preview's end.
-    seek = 0.0 if portrait else min(at, preview_start)
+    # The portrait needs every frame; the rest only the preview's stretch, which holds the thumbnails' frame.
+    seek = 0.0 if portrait else preview_start
     branches = ["preview", "thumbnails"] + (["portrait"] if portrait else [])
     graph = [f"[0:v]split={len(branches)}" + "".join(f"[{b}]" for b in branches),
              f"[preview]trim=start={preview_start - seek:.6f}:duration={preview_length:.6f},setpts=PTS-STARTPTS,"
@@ -123,7 +122,7 @@ def make_renditions(clip: Path, workdir: Path, *, width: int, height: int, durat
     if missing:
         raise InvalidMedia(f"FFmpeg wrote no {', '.join(missing)} of the clip")
     return Renditions(thumbnails={name: pictures[w] for name, w in widths.items()}, preview=preview,
-                      portrait=portrait, poster=poster, widths=widths)
+                      portrait=portrait, poster=poster)
 
 
 def _portrait_filter(width: int, height: int, fill: str) -> str:
