@@ -30,8 +30,8 @@ from tests.services import RedisServer, WorkerProcess
 POLL_SECONDS = 0.1
 
 
-def start_service(workdir: Path, **extra_env: str) -> tuple[object, list]:
-    """A private deployment: Redis, migrations, one worker, and the app's test client."""
+def start_service(workdir: Path, concurrency: int = 1, **extra_env: str) -> tuple[object, list]:
+    """A private deployment: Redis, migrations, one worker (of ``concurrency`` processes), and the app's test client."""
     from flask_migrate import upgrade
 
     from clipqueue import MIGRATIONS_DIR, create_app
@@ -51,7 +51,7 @@ def start_service(workdir: Path, **extra_env: str) -> tuple[object, list]:
     app = create_app(env)
     with app.app_context():
         upgrade(directory=MIGRATIONS_DIR)
-    worker = WorkerProcess(env, "bench", workdir).start()
+    worker = WorkerProcess(env, "bench", workdir, concurrency=concurrency).start()
     return app.test_client(), [worker, redis_server]
 
 

@@ -65,6 +65,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     from clipqueue.ratelimit import init_rate_limits
     from clipqueue.streams import clip_events  # noqa: F401 - adds the event streams to the API blueprint
     from clipqueue.sentry import init_sentry
+    from clipqueue.webpage import init_webpage
 
     settings = Settings.from_env(env)
     app = Flask(__name__)
@@ -97,6 +98,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(openapi_bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(probes_bp)
+    init_webpage(app)
     # Workers link local storage under web's address unless PUBLIC_BASE_URL tells them (clipqueue.publicurl).
     app.before_request(Publisher(app.extensions["clipqueue.probe_redis"], web_base_url(settings)))
     init_rate_limits(app, settings)

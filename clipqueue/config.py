@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = defaults.WEBHOOK_BACKOFF_MAX_SECONDS
     webhook_sweep_seconds: float = defaults.WEBHOOK_SWEEP_SECONDS
     cancel_poll_seconds: float = defaults.CANCEL_POLL_SECONDS
+    segment_cache_dir: str = defaults.SEGMENT_CACHE_DIR
+    segment_cache_bytes: int = defaults.SEGMENT_CACHE_BYTES
+    segment_cache_ttl_seconds: float = defaults.SEGMENT_CACHE_TTL_SECONDS
+    identical_clip_window_seconds: float = defaults.IDENTICAL_CLIP_WINDOW_SECONDS
+    identical_clip_wait_seconds: float = defaults.IDENTICAL_CLIP_WAIT_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -143,3 +143,15 @@ WEBHOOK_SWEEP_SECONDS = 30.0
 
 # How often a running job looks for a cancel request (one Redis read).
 CANCEL_POLL_SECONDS = 1.0
+
+# Clip storms (clipqueue.media.segcache, clipqueue.tasks): the worker processes of a host share a cache
+# of source segments in SEGMENT_CACHE_DIR (empty: "clipqueue-segment-cache" beside the scratch folder), at
+# most SEGMENT_CACHE_BYTES (0 turns it off), each kept SEGMENT_CACHE_TTL_SECONDS after it was fetched.
+# A clip asked exactly as another (source, range, quality, mode, outputs) copies that clip's files
+# instead of cutting again: from a twin finished within IDENTICAL_CLIP_WINDOW_SECONDS (0 turns it
+# off), or from one being cut now, waited for at most IDENTICAL_CLIP_WAIT_SECONDS.
+SEGMENT_CACHE_DIR = ""
+SEGMENT_CACHE_BYTES = 2 * 1024 * 1024 * 1024
+SEGMENT_CACHE_TTL_SECONDS = 900.0
+IDENTICAL_CLIP_WINDOW_SECONDS = 24 * 3600.0
+IDENTICAL_CLIP_WAIT_SECONDS = 60.0

@@ -56,6 +56,14 @@ def worker_heartbeats_key(queue: str) -> str:
     return f"clipqueue:worker-heartbeats:{queue}"
 
 
+IDENTICAL_CLIP_PREFIX = "clipqueue:identical-clip:"
+
+
+def identical_clip_key(fingerprint: str) -> str:
+    """The clip cut for every clip asked exactly so (a fingerprint, clipqueue.tasks); its twins copy its files."""
+    return f"{IDENTICAL_CLIP_PREFIX}{fingerprint}"
+
+
 CANCEL_KEY_PREFIX = "clip_extraction_cancel:"
 
 

@@ -104,7 +104,22 @@ WEBHOOK_DELIVERIES = Metric(
     "Webhook delivery attempts by outcome (delivered, failed and to be retried, expired: given up)",
     labels=("outcome",), known=tuple((outcome,) for outcome in WEBHOOK_OUTCOMES),
 )
-RECORDED = (JOBS, TIME_TO_READY, QUEUE_WAIT, STAGE_SECONDS, SOURCE_BYTES, WEBHOOK_DELIVERIES)
+SEGMENT_CACHE_RESULTS = ("hit", "coalesced", "miss")
+SEGMENT_CACHE = Metric(
+    "clipqueue_segment_cache_total",
+    "Segments and init sections cuts needed, by where they came from: hit (the host's segment cache), "
+    "coalesced (another job's fetch of it, waited for), miss (the source)",
+    labels=("result",), known=tuple((result,) for result in SEGMENT_CACHE_RESULTS),
+)
+SEGMENT_CACHE_SAVED_BYTES = Metric(
+    "clipqueue_segment_cache_saved_bytes_total",
+    "Source bytes not fetched thanks to the host's segment cache",
+)
+IDENTICAL_CLIPS = Metric(
+    "clipqueue_identical_clips_total", "Clips that copied the files of a clip asked exactly as they were",
+)
+RECORDED = (JOBS, TIME_TO_READY, QUEUE_WAIT, STAGE_SECONDS, SOURCE_BYTES, WEBHOOK_DELIVERIES,
+            SEGMENT_CACHE, SEGMENT_CACHE_SAVED_BYTES, IDENTICAL_CLIPS)
 
 
 # --- recording, from any process -------------------------------------------
@@ -160,6 +175,15 @@ def observe_queue_wait(queued_at: datetime) -> None:
 
 def count_source_bytes(size: int) -> None:
     increment(SOURCE_BYTES, amount=size)
+
+
+def count_segment_cache(hits: int, coalesced: int, misses: int, bytes_saved: int) -> None:
+    """Count where a cut's segments came from (nothing when the cache is off and so saw nothing)."""
+    if hits or coalesced or misses:
+        counts = dict(zip(SEGMENT_CACHE_RESULTS, (hits, coalesced, misses)))
+        _write(SEGMENT_CACHE, {SEGMENT_CACHE.field((result,)): count for result, count in counts.items()})
+        if bytes_saved:
+            increment(SEGMENT_CACHE_SAVED_BYTES, amount=bytes_saved)
 
 
 class StageTimer:

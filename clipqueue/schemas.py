@@ -34,6 +34,7 @@ from clipqueue import defaults
 from clipqueue.config import Settings
 from clipqueue.exceptions import ValidationError
 from clipqueue.jobs import JOB_CANCELED, JOB_COMPLETED, JOB_FAILED, JOB_QUEUED, JOB_RETRYING, JOB_RUNNING
+from clipqueue.media.extract import MODES
 from clipqueue.media.playlist import QUALITIES
 from clipqueue.models import (
     CLIP_STATUSES,
@@ -45,7 +46,6 @@ from clipqueue.models import (
     isoformat,
 )
 
-MODES = ("accurate", "copy")
 DEFAULT_QUALITY = "auto"
 DEFAULT_MODE = "accurate"
 JOB_STATUSES = (JOB_QUEUED, JOB_RUNNING, JOB_RETRYING, JOB_COMPLETED, JOB_FAILED, JOB_CANCELED)

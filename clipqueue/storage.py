@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +34,12 @@ class Storage(Protocol):
     def delete(self, key: str) -> None:
         """Remove the object under ``key``, if there is one (a canceled clip's files)."""
 
+    def copy(self, source_key: str, key: str) -> str:
+        """Store a copy of the object under ``source_key`` under ``key``; return the copy's public URL.
+
+        Raises ``StorageRejected`` when there is no object under ``source_key``.
+        """
+
 
 class LocalStorage:
     """A folder; ``web`` serves it under ``/media/``."""
@@ -58,6 +65,26 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
+
+    def copy(self, source_key: str, key: str) -> str:
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A hard link: deleting or replacing either name leaves the other's bytes alone.
+        staged = target.parent / f".copy-{uuid.uuid4().hex}"
+        try:
+            os.link(self.root / source_key, staged)
+        except FileNotFoundError:
+            raise StorageRejected(f"nothing stored under {source_key} to copy") from None
+        except OSError:
+            try:
+                shutil.copyfile(self.root / source_key, staged)
+            except FileNotFoundError:
+                raise StorageRejected(f"nothing stored under {source_key} to copy") from None
+        try:
+            os.replace(staged, target)
+        finally:
+            staged.unlink(missing_ok=True)
+        return f"{self.public_base_url}/{key}"
 
 
 # S3 error codes that mean "try again later".
@@ -113,6 +140,18 @@ class S3Storage:
             if isinstance(cause, ClientError):
                 raise _classify_client_error(cause) from exc
             raise StorageUnavailable(f"upload to s3://{self.bucket}/{key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"object store unreachable: {exc}") from exc
+        return f"{self.public_base_url}/{key}"
+
+    def copy(self, source_key: str, key: str) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:  # inside the object store: no bytes through this host
+            self.client.copy_object(Bucket=self.bucket, Key=key,
+                                    CopySource={"Bucket": self.bucket, "Key": source_key})
+        except ClientError as exc:
+            raise _classify_client_error(exc) from exc
         except BotoCoreError as exc:
             raise StorageUnavailable(f"object store unreachable: {exc}") from exc
         return f"{self.public_base_url}/{key}"

@@ -12,6 +12,8 @@ the retry policy of that app's settings.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import subprocess
@@ -32,7 +34,9 @@ from kombu.exceptions import OperationalError as BrokerError
 from clipqueue import clips, metrics, webhooks
 from clipqueue.celery_app import AppContextTask
 from clipqueue.config import Settings
-from clipqueue.exceptions import ClipqueueError, InputError, JobCanceled, LeaseLost, TransientError
+from clipqueue.exceptions import (
+    ClipqueueError, InputError, JobCanceled, LeaseLost, StorageRejected, TransientError,
+)
 from clipqueue.janitor import run_janitor
 from clipqueue.jobs import (
     JOB_CANCELED,
@@ -44,16 +48,17 @@ from clipqueue.jobs import (
     now_iso,
     worker_name,
 )
-from clipqueue.keys import maintenance_lock_key
+from clipqueue.keys import identical_clip_key, lease_key, maintenance_lock_key
 from clipqueue.lease import JobLease
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.media.process import kill_running
 from clipqueue.media.renditions import THUMBNAIL_SIZES, make_renditions
 from clipqueue.media.thumbnail import THUMBNAIL_WIDTH, make_thumbnail
-from clipqueue.models import OUTPUT_PORTRAIT, STATUS_CANCELED, STATUS_PROCESSING, db
+from clipqueue.media.twitch import parse_twitch_link
+from clipqueue.models import OUTPUT_PORTRAIT, STATUS_CANCELED, STATUS_PROCESSING, STATUS_READY, Clip, db
 from clipqueue.queue import FINALIZE_TASK, JANITOR_TASK, PROCESS_TASK, SWEEP_OUTBOX_TASK, sweep_outbox
 from clipqueue.publicurl import links_base_url
-from clipqueue.storage import OBJECT_SUFFIXES, object_key, storage_from_settings
+from clipqueue.storage import OBJECT_SUFFIXES, Storage, object_key, storage_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +183,7 @@ def process_clip(self, clip_id: str) -> StoredClip | None:
         request = ClipRequest(source_url=clip.vod_url, start_time=clip.start_time, end_time=clip.end_time,
                               quality=clip.quality, mode=clip.mode)
         portrait_fill = (clip.portrait_fill or "crop") if OUTPUT_PORTRAIT in (clip.outputs or ()) else None
+        fingerprint = clip_fingerprint(clip) if settings.identical_clip_window_seconds > 0 else None
         if self.request.retries == 0:  # a retry's wait is its backoff, not the queue
             metrics.observe_queue_wait(clip.enqueued_at or clip.created_at)
         deliveries = clips.count_delivery(clip_id)
@@ -199,7 +205,8 @@ def process_clip(self, clip_id: str) -> StoredClip | None:
                   request.start_time, request.end_time, request.quality, request.mode)
         try:
             lease.check(renew=True)  # canceled while it waited for its lease
-            stored = _produce(clip_id, request, settings, store, lease.check, portrait_fill)
+            stored = _copy_of_identical(clip_id, fingerprint, settings, lease.check) or \
+                _produce(clip_id, request, settings, store, lease.check, portrait_fill)
             lease.check(renew=True)
             if not _keep_output(jlog, clip_id, stored):
                 # Only a canceled clip's files go: a clip another delivery made ready has the same keys.
@@ -271,6 +278,8 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
         result = extract_clip(request, workdir, ExtractOptions.from_settings(settings, thumbnail=True), on_stage)
         extracted = time.perf_counter()
         metrics.count_source_bytes(result.bytes_fetched)
+        stats = result.cache_stats
+        metrics.count_segment_cache(stats.hits, stats.coalesced, stats.misses, stats.bytes_saved)
         storage = storage_from_settings(settings, links_base_url(settings, get_redis()))
         with ThreadPoolExecutor(max_workers=2) as pool:
             # The clip uploads while its pictures are made from it.
@@ -337,6 +346,107 @@ def _store_pictures(pool: ThreadPoolExecutor, storage, clip_id: str, pictures: d
         if path not in uploads:
             uploads[path] = pool.submit(storage.put_file, path, object_key(clip_id, OBJECT_SUFFIXES[name]))
     return {name: uploads[path].result() for name, path in pictures.items()}
+
+# --- identical requests -------------------------------------------------------------
+# In a storm many viewers ask for exactly the same clip. The first job to start cuts it and is named
+# in Redis under the request's fingerprint; the others copy its stored files under their own keys
+# (canceling a clip deletes its files, so no two clips ever share a key).
+
+_IDENTICAL_POLL_SECONDS = 0.5
+# Name this job as the fingerprint's cutter if nobody is (or the cutter named is ARGV[3]); else return it.
+_NAME_CUTTER = """
+local named = redis.call('GET', KEYS[1])
+if not named or named == ARGV[1] or named == ARGV[3] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return ARGV[1]
+end
+return named
+"""
+
+
+def clip_fingerprint(clip: Clip) -> str | None:
+    """What makes two clips the same cut: source, range, quality, mode and outputs.
+
+    None for a live Twitch channel: its times count from the start of the
+    broadcast running when the job runs, so the same request may mean another
+    broadcast later.
+    """
+    link = parse_twitch_link(clip.vod_url)
+    if link is not None and link.kind == "channel":
+        return None
+    source = f"twitch:{link.kind}:{link.ident}" if link is not None else clip.vod_url
+    asked = [source, float(clip.start_time), float(clip.end_time), clip.quality, clip.mode,
+             sorted(clip.outputs or []), clip.portrait_fill]
+    return hashlib.sha256(json.dumps(asked).encode()).hexdigest()
+
+
+def _copy_of_identical(clip_id: str, fingerprint: str | None, settings: Settings,
+                       check_lease: Callable[[], None]) -> StoredClip | None:
+    """The output of a clip asked exactly as this one, copied as this clip's; None to cut it here.
+
+    A twin that is being cut is waited for (``IDENTICAL_CLIP_WAIT_SECONDS`` at
+    most, then this job cuts too); one that failed, was canceled or lost its
+    files hands the cut to this job, which its other twins then wait for.
+    """
+    if fingerprint is None:
+        return None
+    jlog = job_logger(log, clip_id)
+    client = get_redis()
+    name_cutter = client.register_script(_NAME_CUTTER)
+    key = identical_clip_key(fingerprint)
+    window_ms = int(settings.identical_clip_window_seconds * 1000)
+    deadline = time.monotonic() + settings.identical_clip_wait_seconds
+    gone = ""
+    while True:
+        twin = name_cutter(keys=[key], args=[clip_id, window_ms, gone]).decode()
+        if twin == clip_id:
+            return None
+        output, running = _twin_output(twin)
+        db.session.remove()  # no connection held while waiting
+        if output is not None:
+            try:
+                stored = _copy_output(twin, clip_id, output, storage_from_settings(
+                    settings, links_base_url(settings, client)))
+            except (StorageRejected, FileNotFoundError) as exc:
+                jlog.info("identical clip %s lost its files (%s); cutting it here", twin, exc)
+                gone = twin
+                continue
+            metrics.increment(metrics.IDENTICAL_CLIPS)
+            jlog.info("copied the files of identical clip %s instead of cutting", twin)
+            return stored
+        if not running or not client.exists(lease_key(twin)):
+            gone = twin
+            continue
+        if time.monotonic() >= deadline:
+            jlog.info("identical clip %s is still being cut; cutting this one too", twin)
+            return None
+        check_lease()
+        time.sleep(_IDENTICAL_POLL_SECONDS)
+
+
+def _twin_output(twin_id: str) -> tuple[dict | None, bool]:
+    """The stored output of the clip ``twin_id`` if it has one, and whether it may still get one."""
+    twin = clips.get(twin_id)
+    if twin is None or twin.status not in (STATUS_PROCESSING, STATUS_READY):
+        return None, False
+    return twin.output, twin.status == STATUS_PROCESSING
+
+
+def _copy_output(twin_id: str, clip_id: str, output: dict, storage: Storage) -> StoredClip:
+    """``output`` of ``twin_id`` with each of its stored objects copied under ``clip_id``'s keys."""
+    prefix = object_key(twin_id, "")
+
+    def copied(value):
+        if isinstance(value, str) and prefix in value:
+            suffix = value.rpartition(prefix)[2]
+            return storage.copy(prefix + suffix, object_key(clip_id, suffix))
+        if isinstance(value, dict):
+            return {name: copied(item) for name, item in value.items()}
+        if isinstance(value, list):
+            return [copied(item) for item in value]
+        return value
+
+    return StoredClip(**{name: copied(value) for name, value in output.items()})
 
 
 def _keep_output(jlog, clip_id: str, stored: StoredClip) -> bool:

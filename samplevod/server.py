@@ -168,6 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", mimetypes.guess_type(path)[0] or "application/octet-stream")
         self.send_header("Content-Length", str(length))
+        self._allow_other_origins()
         if behaviour.ranges:
             self.send_header("Accept-Ranges", "bytes")
         if status == 206:
@@ -198,12 +199,18 @@ class _Handler(BaseHTTPRequestHandler):
                     if ahead > 0:
                         time.sleep(ahead)
 
+    def _allow_other_origins(self) -> None:
+        # The web page's player (hls.js) reads the VOD from the page's origin, as CDNs allow;
+        # errors too, so that it sees their status.
+        self.send_header("Access-Control-Allow-Origin", "*")
+
     def _error(self, path: str, status: int, size: int | None = None) -> None:
         self.server.stats.record(path, status)
         body = f"{status}\n".encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
+        self._allow_other_origins()
         if size is not None:
             self.send_header("Content-Range", f"bytes */{size}")
         self.end_headers()

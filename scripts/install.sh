@@ -8,6 +8,15 @@ need=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need+=(ffmpeg)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v python3 >/dev/null || need+=(python3 python3-venv python3-pip)
+extras="${1:-}"
+# The multi-host test (tests/test_multihost.py) makes network namespaces with ip and runs a
+# PostgreSQL cluster of its own on one of them (initdb and postgres, started by the test only).
+# The web page's browser tests drive Debian's chromium (never a browser download).
+if [ "$extras" = test ]; then
+  command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+fi
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
@@ -18,7 +27,6 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-extras="${1:-}"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
 

@@ -7,7 +7,10 @@ Celery, Flask or storage.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from clipqueue.media.cut import cut_clip
 from clipqueue.media.fetch import Fetcher, LoopbackRelay
 from clipqueue.media.pipeline import SegmentPipeline
 from clipqueue.media.probe import EXPECTED_SOURCE, describe_non_media
+from clipqueue.media.segcache import CACHE_FOLDER, CacheStats, SegmentCache
 from clipqueue.media.source import fetch_progressive_window, join_segments
 from clipqueue.media.twitch import TwitchConfig, TwitchLink, TwitchResolver, parse_twitch_link
 from clipqueue.media.playlist import (
@@ -36,6 +40,8 @@ from clipqueue.media.playlist import (
     select_segments,
 )
 from clipqueue.urlpolicy import SourcePolicy, check_playlist_text, check_url
+
+log = logging.getLogger(__name__)
 
 MODES = ("accurate", "copy")
 StageCallback = Callable[[str, int], None]
@@ -68,6 +74,10 @@ class ExtractOptions:
     max_redirects: int = defaults.SOURCE_MAX_REDIRECTS
     twitch: TwitchConfig = field(default_factory=TwitchConfig)
     thumbnail: bool = False  # also make ``workdir/thumbnail.jpg`` from a frame of the clip, beside the cut
+    # The host's segment cache (clipqueue.media.segcache): off (0 bytes) unless asked for.
+    segment_cache_dir: str = ""
+    segment_cache_bytes: int = 0
+    segment_cache_ttl: float = defaults.SEGMENT_CACHE_TTL_SECONDS
 
     @classmethod
     def from_settings(cls, settings: Any, thumbnail: bool = False) -> ExtractOptions:
@@ -85,7 +95,24 @@ class ExtractOptions:
             max_redirects=settings.source_max_redirects,
             twitch=TwitchConfig.from_settings(settings),
             thumbnail=thumbnail,
+            # Beside the scratch folder, on the same disk (hard links), but not in it: what is in it
+            # belongs to one job and goes with it.
+            segment_cache_dir=settings.segment_cache_dir or os.path.join(
+                os.path.dirname(os.path.abspath(settings.scratch_dir)) if settings.scratch_dir
+                else tempfile.gettempdir(), CACHE_FOLDER),
+            segment_cache_bytes=settings.segment_cache_bytes,
+            segment_cache_ttl=settings.segment_cache_ttl_seconds,
         )
+
+    def segment_cache(self) -> SegmentCache | None:
+        """The segment cache these options describe; None when it is off."""
+        if self.segment_cache_bytes <= 0:
+            return None
+        try:
+            return SegmentCache(self.segment_cache_dir, self.segment_cache_bytes, self.segment_cache_ttl)
+        except OSError as exc:  # a folder it may not make costs the sharing, never the clip
+            log.warning("no segment cache: %s", exc)
+            return None
 
 
 @dataclass(frozen=True)
@@ -105,6 +132,7 @@ class ExtractResult:
     bytes_fetched: int
     codec: str | None = None  # the clip's video codec ("h264", "hevc", "av1"); None for audio only
     thumbnail: Path | None = None  # made when asked for and the source allowed; else make it from ``path``
+    cache_stats: CacheStats = field(default_factory=CacheStats)  # what the segment cache saved
 
 
 def _validate(request: ClipRequest) -> None:
@@ -181,7 +209,7 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
         with contextlib.ExitStack() as stack:
             fetcher = stack.enter_context(Fetcher(options.policy, options.fetch_concurrency, options.fetch_retries,
                                                   options.fetch_timeout, options.max_fetch_bytes,
-                                                  options.max_redirects))
+                                                  options.max_redirects, cache=options.segment_cache()))
             url = request.source_url
             link = parse_twitch_link(url)
             twitch = twitch_master(link, options) if link is not None else None
@@ -247,5 +275,5 @@ def extract_clip(request: ClipRequest, workdir: Path, options: ExtractOptions = 
         actual_start_time=clip.actual_start, actual_end_time=clip.actual_end,
         duration=clip.duration, width=clip.width, height=clip.height, size_bytes=clip.size_bytes,
         muted_ranges=muted_ranges(segments, clip.actual_start, clip.actual_end), method=clip.method,
-        bytes_fetched=bytes_fetched, thumbnail=clip.thumbnail, codec=clip.codec,
+        bytes_fetched=bytes_fetched, thumbnail=clip.thumbnail, codec=clip.codec, cache_stats=fetcher.cache_stats,
     )

@@ -6,7 +6,10 @@ checked (no second DNS lookup). Segments
 are fetched in parallel over a pool of keep-alive connections; when there
 are fewer segments than connections and the server accepts ranges, segments
 are split into byte ranges so every connection is busy. Bodies are streamed
-to disk, so memory does not grow with the clip.
+to disk, so memory does not grow with the clip. With a
+:class:`~clipqueue.media.segcache.SegmentCache`, each segment and init section
+is taken from the host's cache when another job fetched it, or fetched once
+for all the jobs of the host that want it at the same time.
 
 FFmpeg never fetches a source itself (it would resolve names and follow
 redirects on its own): progressive files reach it through a
@@ -16,6 +19,7 @@ module's checked fetches.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -38,6 +42,7 @@ from clipqueue.exceptions import (
 )
 from clipqueue.media.http import MAX_REDIRECTS, checked_session, open_checked
 from clipqueue.media.playlist import Segment
+from clipqueue.media.segcache import CacheStats, Claim, SegmentCache, cache_key
 from clipqueue.urlpolicy import SourcePolicy
 
 MAX_PLAYLIST_BYTES = 8 * 1024 * 1024
@@ -66,7 +71,8 @@ class FetchedSegment:
     """A segment on disk; fMP4 segments need their ``init_path`` in front to be read.
 
     ``segment`` is the one fetched: for a Twitch ``-unmuted`` segment that was
-    refused, its ``-muted`` twin, marked muted.
+    refused, its ``-muted`` twin, marked muted. The files may be hard links
+    into the segment cache: read or unlink them, never write into them.
     """
 
     segment: Segment
@@ -78,7 +84,7 @@ class Fetcher:
     """An HTTP client for one job: a keep-alive pool, a byte budget and a count of bytes fetched."""
 
     def __init__(self, policy: SourcePolicy, concurrency: int, retries: int, timeout: float, max_bytes: int,
-                 max_redirects: int = MAX_REDIRECTS):
+                 max_redirects: int = MAX_REDIRECTS, cache: SegmentCache | None = None):
         self.policy = policy
         self.max_redirects = max_redirects
         self.concurrency = max(1, concurrency)
@@ -89,10 +95,16 @@ class Fetcher:
         self._bytes = 0
         self._unmuted_refused = False  # once an "-unmuted" segment is refused, "-muted" twins are fetched
         self._session = checked_session(pool_maxsize=self.concurrency + 2)
+        self.cache = cache
+        self.cache_stats = CacheStats()
 
     @property
     def bytes_fetched(self) -> int:
         return self._bytes
+
+    def _cache_wait_seconds(self) -> float:
+        # As long as another process's fetch of one body may take before its own retries give up.
+        return (self.retries + 1) * (self.timeout + BACKOFF_MAX_SECONDS)
 
     def close(self) -> None:
         self._session.close()
@@ -169,7 +181,10 @@ class Fetcher:
 
     def _download_range(self, url: str, path: Path, file_offset: int, first: int | None, last: int | None,
                         on_total: Callable[[int], None] | None = None) -> int | None:
-        """Write bytes ``first..last`` of ``url`` at ``file_offset`` in ``path``; return the resource's total size if known.
+        """Write bytes ``first..last`` of ``url`` at ``file_offset`` in ``path``; return the declared size.
+
+        That is the whole resource's size (``Content-Range``) for a 206, its
+        ``Content-Length`` for a 200, None if it told neither.
 
         ``on_total(size)`` is called as soon as the headers tell the size, before
         the body is read. Raises ``SourceUnavailable`` on a short or broken body
@@ -208,8 +223,69 @@ class Fetcher:
             if expected is not None and written != expected:
                 raise SourceUnavailable(f"{url}: got {written} of {expected} bytes")
             if response.status_code == 200:
-                total = written
+                total = expected
             return total
+
+    def _take_cached(self, key: str, path: Path, coalesced: bool = False) -> int | None:
+        """Put the cached body of ``key`` at ``path`` and count it; its size, None if the cache has none."""
+        size = self.cache.take(key, path) if self.cache is not None else None
+        if size is not None:
+            with self._lock:
+                if coalesced:
+                    self.cache_stats.coalesced += 1
+                else:
+                    self.cache_stats.hits += 1
+                self.cache_stats.bytes_saved += size
+        return size
+
+    def _publish(self, key: str, path: Path, declared: int | None) -> None:
+        """Count a body fetched from the source, and keep it in the cache if its size is the one declared."""
+        with self._lock:
+            self.cache_stats.misses += 1
+        if self.cache is not None and declared is not None:
+            self.cache.publish(key, path, declared)
+
+    def _through_cache(self, key: str, path: Path,
+                       stop: Callable[[], bool] = lambda: False) -> tuple[Claim | None, int | None]:
+        """Look ``key`` up for ``path``: (None, size) when the cache had it or another fetch brought it,
+        else (claim, None) to fetch it and publish, or (None, None) to fetch it after waiting in vain.
+
+        Another process fetching it now is waited for rather than raced.
+        """
+        size = self._take_cached(key, path)
+        if size is not None:
+            return None, size
+        claim = self.cache.claim(key)
+        coalesced = claim is None
+        if coalesced:
+            claim = self.cache.wait_claim(key, self._cache_wait_seconds(), stop)
+        # Published by a fetch that ended between the look-up and the lock, or during the wait.
+        size = self._take_cached(key, path, coalesced=coalesced)
+        if size is not None and claim is not None:
+            claim.release()
+            claim = None
+        return claim, size
+
+    def _fetch_body(self, url: str, byterange: tuple[int, int] | None, path: Path) -> None:
+        """Fetch ``url`` (or ``byterange`` of it) into ``path`` in one request, through the cache if any."""
+        first_byte, last_byte = (byterange[0], sum(byterange) - 1) if byterange else (None, None)
+
+        def download() -> int | None:
+            declared = self._with_retries(lambda: self._download_range(url, path, 0, first_byte, last_byte))
+            return byterange[1] if byterange else declared
+
+        if self.cache is None:
+            download()
+            return
+        key = cache_key(url, byterange)
+        claim, size = self._through_cache(key, path)
+        if size is not None:
+            return
+        try:
+            self._publish(key, path, download())
+        finally:
+            if claim is not None:
+                claim.release()
 
     def fetch_segments(self, segments: list[Segment], dest: Path,
                        on_progress: Callable[[int, int], None] | None = None,
@@ -230,10 +306,7 @@ class Fetcher:
         init_paths: dict[tuple[str, tuple[int, int] | None], Path] = {}
         for init in dict.fromkeys((s.init_url, s.init_byterange) for s in segments if s.init_url):
             init_path = dest / f"init-{len(init_paths)}.mp4"
-            url, byterange = init
-            first_byte, last_byte = (byterange[0], sum(byterange) - 1) if byterange else (None, None)
-            self._with_retries(lambda url=url, p=init_path, a=first_byte, b=last_byte:
-                               self._download_range(url, p, 0, a, b))
+            self._fetch_body(*init, init_path)
             init_paths[init] = init_path
         results = [
             FetchedSegment(segment, dest / f"{index:05d}.seg",
@@ -256,14 +329,19 @@ class Fetcher:
         done = 0
         total_parts = len(segments)
         start_bytes = self._bytes
+        reused = 0  # bytes taken from the segment cache
         sizes: list[int | None] = [s.byterange[1] if s.byterange else None for s in segments]
+        declared: list[int | None] = [None] * len(segments)  # the sizes the source declared
+        claims: dict[int, Claim] = {}  # segments this job fetches for the host's cache
+        taken: set[int] = set()  # segments the cache gave
+        stopping = threading.Event()
 
         def bytes_progress() -> tuple[int, int]:
             known = [size for size in sizes if size is not None]
             if not known:
                 return done, total_parts
             needed = sum(known) + sum(known) * (len(sizes) - len(known)) // len(known)
-            return min(self._bytes - start_bytes, needed), needed
+            return min(self._bytes - start_bytes + reused, needed), needed
         outstanding = [1] * len(segments)  # parts of each segment not yet written
         waiting_for = list(leading) if split else []  # leading segments whose size is not known yet, in order
 
@@ -282,17 +360,34 @@ class Fetcher:
                 outstanding[index] -= 1
                 whole = outstanding[index] == 0
                 snapshot = bytes_progress()
+            if whole and self.cache is not None and index not in taken:
+                self._publish(key_of(index), results[index].path, declared[index])
+                claim = claims.pop(index, None)
+                if claim is not None:
+                    claim.release()
             if on_progress:
                 on_progress(*snapshot)
             if whole and on_segment:
                 on_segment(index, results[index])
 
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch") as pool:
+        def key_of(index: int) -> str:
+            return cache_key(urls[index], segments[index].byterange)
+
+        def fetched_as(index: int) -> None:
+            segment = segments[index]
+            if urls[index] != segment.url:
+                muted = replace(segment, url=urls[index], muted=True)
+                results[index] = replace(results[index], segment=muted)
+
+        # Claims are let go once their segment is published, or at the very end (after the threads).
+        with contextlib.ExitStack() as held, \
+                ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch") as pool, \
+                ThreadPoolExecutor(max(1, len(segments)), thread_name_prefix="cache-wait") as waiters:
             pending: set[Future] = set()
 
-            def submit(fn, *args) -> None:
+            def submit(fn, *args, executor=pool) -> None:
                 with lock:
-                    pending.add(pool.submit(fn, *args))
+                    pending.add(executor.submit(fn, *args))
 
             def leading_sized(index: int) -> None:
                 # Once a leading segment's parts are queued, queue the next leading segment
@@ -303,7 +398,7 @@ class Fetcher:
                     waiting_for.remove(index)
                     following = waiting_for[:1] or trailing
                 for other in following:
-                    submit(fetch_whole, other)
+                    submit(fetch_segment, other)
 
             def fetch_rest(index: int, size: int, start: int) -> None:
                 # The first part told us the size; spread the rest over the idle connections.
@@ -326,16 +421,14 @@ class Fetcher:
                 if segment.muted_url and self._unmuted_refused:
                     urls[index] = segment.muted_url
                 try:
-                    self._with_retries(lambda: download(urls[index]))
+                    declared[index] = self._with_retries(lambda: download(urls[index]))
                 except (SourceRejected, SourceNotFound):
                     if not segment.muted_url or urls[index] == segment.muted_url:
                         raise
                     self._unmuted_refused = True
                     urls[index] = segment.muted_url
-                    self._with_retries(lambda: download(urls[index]))
-                if urls[index] != segment.url:
-                    fetched_as = replace(segment, url=urls[index], muted=True)
-                    results[index] = replace(results[index], segment=fetched_as)
+                    declared[index] = self._with_retries(lambda: download(urls[index]))
+                fetched_as(index)
 
             def fetch_whole(index: int) -> None:
                 segment, path = segments[index], results[index].path
@@ -343,6 +436,7 @@ class Fetcher:
                     offset, length = segment.byterange
                     last = offset + length - 1
                     first_request(index, lambda url: self._download_range(url, path, 0, offset, last))
+                    declared[index] = length  # the 206's Content-Length, checked
                 elif split:
                     # The first part's headers tell the size: the rest is spread over idle
                     # connections while this one still reads (once, whatever the retries).
@@ -363,8 +457,54 @@ class Fetcher:
                 leading_sized(index)
                 part_done(index)
 
+            def from_cache(index: int, size: int) -> None:
+                nonlocal reused
+                claim = claims.pop(index, None)
+                if claim is not None:
+                    claim.release()
+                with lock:
+                    reused += size
+                    taken.add(index)
+                sizes[index] = size
+                fetched_as(index)
+                leading_sized(index)
+                part_done(index)
+
+            def fetch_segment(index: int) -> None:
+                # Through the cache: taken from it, or fetched here and published, or (when another
+                # process fetches it now) waited for on a thread of its own, never on a connection's.
+                if self.cache is None:
+                    return fetch_whole(index)
+                segment = segments[index]
+                if segment.muted_url and self._unmuted_refused:
+                    urls[index] = segment.muted_url
+                key, path = key_of(index), results[index].path
+                size = self._take_cached(key, path)
+                if size is None:
+                    claim = self.cache.claim(key)
+                    if claim is None:
+                        return submit(wait_for_other, index, executor=waiters)
+                    hold(index, claim)
+                    size = self._take_cached(key, path)  # published between the look-up and the lock
+                if size is not None:
+                    return from_cache(index, size)
+                fetch_whole(index)
+
+            def wait_for_other(index: int) -> None:
+                claim, size = self._through_cache(key_of(index), results[index].path, stopping.is_set)
+                if size is not None:
+                    return from_cache(index, size)
+                if not stopping.is_set():
+                    if claim is not None:
+                        hold(index, claim)
+                    submit(fetch_whole, index)
+
+            def hold(index: int, claim: Claim) -> None:
+                claims[index] = claim
+                held.callback(claim.release)
+
             for index in waiting_for[:1] or leading + trailing:
-                submit(fetch_whole, index)
+                submit(fetch_segment, index)
             try:
                 while True:
                     with lock:
@@ -377,6 +517,7 @@ class Fetcher:
                     for future in finished:
                         future.result()
             except BaseException:
+                stopping.set()
                 with lock:
                     for future in pending:
                         future.cancel()
