@@ -42,7 +42,7 @@ MAX_TRACEBACK_CHARS = 4000
 # What a ready clip takes from the job's output, beside its status.
 _OUTPUT_COLUMNS = (
     "video_url", "thumbnail_url", "quality_used", "duration", "actual_start_time", "actual_end_time",
-    "width", "height", "size_bytes", "muted_ranges", "codec",
+    "width", "height", "size_bytes", "muted_ranges", "codec", "preview_url", "thumbnails", "portrait_url",
 )
 
 
@@ -120,7 +120,7 @@ def mark_ready(clip_id: str, output: dict[str, Any]) -> bool:
     job_store().update(
         clip_id, required=True, status=JOB_COMPLETED, stage="finalizing", progress=100, completed_at=now_iso(),
         error=None, video_url=output["video_url"], thumbnail_url=output.get("thumbnail_url"),
-        quality_used=output.get("quality_used"),
+        quality_used=output.get("quality_used"), preview_url=output.get("preview_url"),
     )
     if changed:
         metrics.count_ready(clip_id, now)

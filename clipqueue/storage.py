@@ -14,6 +14,13 @@ from clipqueue.exceptions import StorageRejected, StorageUnavailable
 
 CONTENT_TYPES = {".mp4": "video/mp4", ".jpg": "image/jpeg"}
 
+# Each object a clip may store, by name, as the end of its key after the clip's id: the clip, its thumbnail,
+# its thumbnails by size, its preview and its portrait version. A canceled clip's objects are found by these.
+OBJECT_SUFFIXES = {
+    "video": ".mp4", "thumbnail": ".jpg", "small": "-small.jpg", "medium": "-medium.jpg", "large": "-large.jpg",
+    "preview": "-preview.mp4", "portrait": "-portrait.mp4",
+}
+
 
 def object_key(clip_id: str, suffix: str) -> str:
     """The stored object's key comes from the clip id alone, so a rerun overwrites it."""

@@ -1,8 +1,8 @@
 """The worker's tasks: extract and store a clip, then finalize its record; and beat's maintenance.
 
-Extraction, thumbnail and upload run in one task because they share local
-files: workers on different hosts share no disk, so the upload must run where
-the file was cut. Only URLs and probe figures travel to ``finalize_clip``,
+Extraction, the pictures made from the clip and upload run in one task
+because they share local files: workers on different hosts share no disk, so
+the upload must run where the file was cut. Only URLs and probe figures travel to ``finalize_clip``,
 which may run on any host; they are kept in the database first, so a lost
 finalize can be sent again.
 
@@ -52,12 +52,13 @@ from clipqueue.keys import identical_clip_key, lease_key, maintenance_lock_key
 from clipqueue.lease import JobLease
 from clipqueue.media.extract import ClipRequest, ExtractOptions, extract_clip
 from clipqueue.media.process import kill_running
-from clipqueue.media.thumbnail import make_thumbnail
+from clipqueue.media.renditions import THUMBNAIL_SIZES, make_renditions
+from clipqueue.media.thumbnail import THUMBNAIL_WIDTH, make_thumbnail
 from clipqueue.media.twitch import parse_twitch_link
-from clipqueue.models import STATUS_CANCELED, STATUS_PROCESSING, STATUS_READY, Clip, db
+from clipqueue.models import OUTPUT_PORTRAIT, STATUS_CANCELED, STATUS_PROCESSING, STATUS_READY, Clip, db
 from clipqueue.queue import FINALIZE_TASK, JANITOR_TASK, PROCESS_TASK, SWEEP_OUTBOX_TASK, sweep_outbox
 from clipqueue.publicurl import links_base_url
-from clipqueue.storage import Storage, object_key, storage_from_settings
+from clipqueue.storage import OBJECT_SUFFIXES, Storage, object_key, storage_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,9 @@ class StoredClip(TypedDict):
     muted_ranges: list[list[float]]
     method: str
     codec: str | None
+    preview_url: str | None
+    thumbnails: dict[str, str] | None  # "small", "medium", "large" → URL
+    portrait_url: str | None
 
 
 def describe_error(exc: BaseException) -> str:
@@ -139,7 +143,7 @@ class ClipJobTask(AppContextTask):
 
 
 def process_clip(self, clip_id: str, priority: str | None = None) -> StoredClip | None:
-    """Fetch the range, cut it, make the thumbnail and upload both.
+    """Fetch the range, cut it, make its pictures (and portrait version) and upload them.
 
     ``priority`` is there for Flower to show: the broker ordered the job by
     its message's priority before it got here.
@@ -181,6 +185,7 @@ def process_clip(self, clip_id: str, priority: str | None = None) -> StoredClip 
             return clip.output if clip.status == STATUS_PROCESSING else None
         request = ClipRequest(source_url=clip.vod_url, start_time=clip.start_time, end_time=clip.end_time,
                               quality=clip.quality, mode=clip.mode)
+        portrait_fill = (clip.portrait_fill or "crop") if OUTPUT_PORTRAIT in (clip.outputs or ()) else None
         fingerprint = clip_fingerprint(clip) if settings.identical_clip_window_seconds > 0 else None
         if self.request.retries == 0:  # a retry's wait is its backoff, not the queue
             metrics.observe_queue_wait(clip.enqueued_at or clip.created_at)
@@ -204,7 +209,7 @@ def process_clip(self, clip_id: str, priority: str | None = None) -> StoredClip 
         try:
             lease.check(renew=True)  # canceled while it waited for its lease
             stored = _copy_of_identical(clip_id, fingerprint, settings, lease.check) or \
-                _produce(clip_id, request, settings, store, lease.check)
+                _produce(clip_id, request, settings, store, lease.check, portrait_fill)
             lease.check(renew=True)
             if not _keep_output(jlog, clip_id, stored):
                 # Only a canceled clip's files go: a clip another delivery made ready has the same keys.
@@ -242,7 +247,7 @@ def _stopped_by_cancel(jlog, clip_id: str, settings: Settings, store) -> None:
 def discard_output(clip_id: str, settings: Settings) -> None:
     """Remove the clip's stored files: a canceled clip keeps nothing."""
     storage = storage_from_settings(settings)
-    for suffix in (".mp4", ".jpg"):
+    for suffix in OBJECT_SUFFIXES.values():
         try:
             storage.delete(object_key(clip_id, suffix))
         except (ClipqueueError, OSError) as exc:
@@ -250,8 +255,9 @@ def discard_output(clip_id: str, settings: Settings) -> None:
 
 
 def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
-             check_lease: Callable[[], None]) -> StoredClip:
-    """Extract, thumbnail and upload in one scratch folder that never outlives the job."""
+             check_lease: Callable[[], None], portrait_fill: str | None = None) -> StoredClip:
+    """Extract, make the pictures (and the portrait version with ``portrait_fill``) and upload, in one scratch
+    folder that never outlives the job."""
     jlog = job_logger(log, clip_id)
     scratch_root = Path(settings.scratch_dir or tempfile.gettempdir())
     remove_stale_scratch(scratch_root, settings.job_hard_time_limit_seconds * 2)
@@ -277,27 +283,27 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
         metrics.count_source_bytes(result.bytes_fetched)
         stats = result.cache_stats
         metrics.count_segment_cache(stats.hits, stats.coalesced, stats.misses, stats.bytes_saved)
-        thumbnail = result.thumbnail
-        # An audio-only clip has no picture to show.
-        if thumbnail is None and result.width is not None:
-            stages.enter("thumbnail")
-            store.update(clip_id, stage="thumbnail", progress=85)
-            thumbnail = _fallback_thumbnail(jlog, result, workdir)
-        check_lease()
-        stages.enter("uploading")
-        store.update(clip_id, stage="uploading", progress=90)
         storage = storage_from_settings(settings, links_base_url(settings, get_redis()))
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            thumbnail_upload = pool.submit(storage.put_file, thumbnail, object_key(clip_id, ".jpg")) if thumbnail else None
-            video_url = storage.put_file(result.path, object_key(clip_id, ".mp4"))
-            thumbnail_url = thumbnail_upload.result() if thumbnail_upload else None
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            # The clip uploads while its pictures are made from it.
+            video_upload = pool.submit(storage.put_file, result.path, object_key(clip_id, OBJECT_SUFFIXES["video"]))
+            pictures = {}
+            if result.width is not None:  # an audio-only clip has no picture to show
+                stages.enter("thumbnail")
+                store.update(clip_id, stage="thumbnail", progress=85)
+                pictures = _make_pictures(jlog, result, workdir, portrait_fill)
+            check_lease()
+            stages.enter("uploading")
+            store.update(clip_id, stage="uploading", progress=90)
+            urls = _store_pictures(pool, storage, clip_id, pictures)
+            video_url = video_upload.result()
         stages.finish()
         finished = time.perf_counter()
-    jlog.info("stored %s (%d bytes, %s) in %.2f s: extract %.2f s, thumbnail and upload %.2f s", video_url,
+    jlog.info("stored %s (%d bytes, %s) in %.2f s: extract %.2f s, pictures and upload %.2f s", video_url,
               result.size_bytes, result.method, finished - began, extracted - began, finished - extracted)
     return StoredClip(
         video_url=video_url,
-        thumbnail_url=thumbnail_url,
+        thumbnail_url=urls.get("thumbnail"),
         quality_used=result.quality_used,
         duration=result.duration,
         actual_start_time=result.actual_start_time,
@@ -308,8 +314,41 @@ def _produce(clip_id: str, request: ClipRequest, settings: Settings, store,
         muted_ranges=[list(r) for r in result.muted_ranges],
         method=result.method,
         codec=result.codec,
+        preview_url=urls.get("preview"),
+        thumbnails={name: urls[name] for name in THUMBNAIL_SIZES} if "small" in urls else None,
+        portrait_url=urls.get("portrait"),
     )
 
+
+def _make_pictures(jlog, result, workdir: Path, portrait_fill: str | None) -> dict[str, Path]:
+    """The files shown beside the clip, by name ("thumbnail", "small", "medium", "large", "preview",
+    "portrait"), made from the finished clip in one FFmpeg run.
+
+    Pictures are not the clip: when they cannot be made the clip is still
+    ready, with only the thumbnail (taken alone if the cut made none).
+    """
+    try:
+        made = make_renditions(result.path, workdir, width=result.width, height=result.height,
+                               duration=result.duration, portrait_fill=portrait_fill,
+                               poster_width=None if result.thumbnail else THUMBNAIL_WIDTH)
+    except (ClipqueueError, OSError, subprocess.TimeoutExpired) as exc:
+        jlog.warning("no preview, thumbnails or portrait: %s", exc)
+        thumbnail = result.thumbnail or _fallback_thumbnail(jlog, result, workdir)
+        return {"thumbnail": thumbnail} if thumbnail else {}
+    pictures = {"thumbnail": result.thumbnail or made.poster, **made.thumbnails, "preview": made.preview}
+    if made.portrait:
+        pictures["portrait"] = made.portrait
+    return pictures
+
+
+def _store_pictures(pool: ThreadPoolExecutor, storage, clip_id: str, pictures: dict[str, Path]) -> dict[str, str]:
+    """Upload each file of ``pictures`` once (thumbnail sizes capped at the clip's width share one); return
+    every picture's URL by name."""
+    uploads = {}
+    for name, path in pictures.items():
+        if path not in uploads:
+            uploads[path] = pool.submit(storage.put_file, path, object_key(clip_id, OBJECT_SUFFIXES[name]))
+    return {name: uploads[path].result() for name, path in pictures.items()}
 
 # --- identical requests -------------------------------------------------------------
 # In a storm many viewers ask for exactly the same clip. The first job to start cuts it and is named

@@ -63,3 +63,10 @@ def fetch_stored(service, url: str, destination: Path) -> Path:
         destination.write_bytes(response.data)
         response.close()
     return destination
+
+
+def clip_object_keys(clip: dict) -> set[str]:
+    """The storage keys of every object a clip record links: its video, thumbnails, preview and portrait."""
+    urls = [clip["video_url"], clip["thumbnail_url"], clip["preview_url"], clip["portrait_url"],
+            *(clip["thumbnails"] or {}).values()]
+    return {"clips/" + url.rpartition("/clips/")[2] for url in urls if url}

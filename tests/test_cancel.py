@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from clipqueue.storage import OBJECT_SUFFIXES
 from samplevod.server import serve_directory
 from tests.services import wait_until
 from tests.test_webhooks import metric_samples
@@ -136,7 +137,7 @@ def test_files_stored_before_a_cancel_are_deleted_by_the_late_finalize(service_f
     bucket = service.env["S3_BUCKET"]
     clip_id = service.create_clip(vod_url=master_url, start_time=10, end_time=12).get_json()["clip_id"]
     # What a job that stored its files and kept its output, just before the cancel, leaves behind.
-    for suffix in (".mp4", ".jpg"):
+    for suffix in OBJECT_SUFFIXES.values():  # the clip, its pictures and its portrait version
         s3.put_object(Bucket=bucket, Key=f"clips/{clip_id}{suffix}", Body=b"stored")
     with service.app.app_context():
         output = {"video_url": f"http://s3/clips/{clip_id}.mp4", "thumbnail_url": None}

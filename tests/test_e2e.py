@@ -102,7 +102,9 @@ def test_two_workers_with_separate_scratch_folders_share_the_work(service_factor
     assert workers == {"hostA", "hostB"}
     s3 = boto3.client("s3", endpoint_url=service.env["S3_ENDPOINT_URL"])
     keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=service.env["S3_BUCKET"])["Contents"]}
-    assert keys == {f"clips/{c}.{ext}" for c in clip_ids for ext in ("mp4", "jpg")}
+    # The clip, its thumbnail, thumbnails and preview (a 640 px clip's large thumbnail is its medium one).
+    suffixes = (".mp4", ".jpg", "-small.jpg", "-medium.jpg", "-preview.mp4")
+    assert keys == {f"clips/{c}{suffix}" for c in clip_ids for suffix in suffixes}
     # Scratch files do not outlive their job.
     for folder in scratch.values():
         assert list(folder.iterdir()) == []

@@ -31,7 +31,7 @@ import requests
 
 from clipqueue.keys import worker_alive_key
 from tests.conftest import AWS_ENV
-from tests.mediacheck import assert_playable_mp4, fetch_stored
+from tests.mediacheck import assert_playable_mp4, clip_object_keys, fetch_stored
 from tests.netns import (
     PREFIX, Host, NamespacesUnavailable, Network, delete_namespace, ip, namespace_pids, remove_leftovers,
 )
@@ -281,7 +281,9 @@ def test_worker_host_lost_mid_storm_every_clip_ready_once(deployment, tmp_path):
     assert {clip_id: uploads(deployment, clip_id) for clip_id in bodies} == dict.fromkeys(bodies, 1)
     s3 = boto3.client("s3", endpoint_url=deployment.env["S3_ENDPOINT_URL"])
     listing = s3.list_objects_v2(Bucket=BUCKET)
-    assert len(listing.get("Contents", [])) == 2 * STORM  # a video and a thumbnail each, nothing else
+    # A video, thumbnails and a preview each, nothing else.
+    assert {item["Key"] for item in listing.get("Contents", [])} == set().union(
+        *(clip_object_keys(clips[clip_id]) for clip_id in bodies))
 
     for clip_id, body in bodies.items():
         video = fetch_stored(deployment, clips[clip_id]["video_url"], tmp_path / f"{clip_id}.mp4")

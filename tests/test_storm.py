@@ -13,7 +13,7 @@ import redis
 from clipqueue.keys import metric_key
 from samplevod.frames import read_frame_ids
 from samplevod.server import serve_directory
-from tests.mediacheck import fetch_stored
+from tests.mediacheck import clip_object_keys, fetch_stored
 from tests.services import WorkerProcess
 
 FPS = 30  # the test VOD's
@@ -50,7 +50,8 @@ def test_overlapping_clips_fetch_each_segment_about_once_and_identical_ones_are_
     # Every clip has its own files, which show exactly the asked frames.
     s3 = boto3.client("s3", endpoint_url=service.env["S3_ENDPOINT_URL"])
     keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=service.env["S3_BUCKET"])["Contents"]}
-    assert keys == {f"clips/{clip_id}.{ext}" for clip_id in clip_ids for ext in ("mp4", "jpg")}
+    assert keys == set().union(*(clip_object_keys(clip) for clip in clips))
+    assert all(clip["preview_url"] and clip["thumbnails"] for clip in clips)
     videos = {}
     for clip, (start, end) in zip(clips, asked):
         assert clip["video_url"].endswith(f"clips/{clip['clip_id']}.mp4")
