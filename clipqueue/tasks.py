@@ -18,6 +18,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -525,20 +526,37 @@ def finalize_clip(self, stored: StoredClip | None, clip_id: str) -> None:
 def _exclusively(name: str, every: float, work: Callable[[], Any]) -> Any:
     """Run ``work``, beat's maintenance run every ``every`` s, unless another process runs it now; None if so.
 
-    The lock outlives a few intervals, so a run that dies holding it blocks the next ones only briefly.
+    The lock lives one interval and is renewed while ``work`` runs, for at most
+    a few intervals: a process that dies holding it (its host lost, say) holds
+    back the next runs for one interval, not the whole bound.
     """
-    timeout = max(60.0, 4 * every)
-    lock = get_redis().lock(maintenance_lock_key(name), timeout=timeout, blocking=False)
+    ttl = max(5.0, every)
+    # Not thread-local: the keeper thread renews the token this thread took.
+    lock = get_redis().lock(maintenance_lock_key(name), timeout=ttl, blocking=False, thread_local=False)
     if not lock.acquire():
         log.info("%s is already running elsewhere; skipped", name)
         return None
+    done = threading.Event()
+
+    def keep_holding() -> None:
+        until = time.monotonic() + max(60.0, 4 * every)
+        while not done.wait(ttl / 3) and time.monotonic() < until:
+            try:
+                lock.reacquire()
+            except (redis.exceptions.LockError, redis.exceptions.RedisError):
+                return
+
+    keeper = threading.Thread(target=keep_holding, name=f"{name}-lock", daemon=True)
+    keeper.start()
     try:
         return work()
     finally:
+        done.set()
+        keeper.join()
         try:
             lock.release()
         except redis.exceptions.LockError:
-            pass  # it expired: the work outlived its timeout
+            pass  # it expired: the work outlived its bound
 
 
 def janitor_task() -> dict | None:

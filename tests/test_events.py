@@ -15,8 +15,8 @@ import websocket
 
 from clipqueue.jobs import JobStore
 from clipqueue.keys import clip_events_key
-from tests.services import free_port, wait_until
-from tests.test_scripts import procfile_process
+from tests.services import free_port
+from tests.test_scripts import procfile_web
 
 # No worker fetches it in the tests that drive the job store themselves.
 UNFETCHED_SOURCE = "http://127.0.0.1:9/vod/master.m3u8"
@@ -28,19 +28,8 @@ READ_TIMEOUT = 10
 def web(service, tmp_path, workers: int = 1):
     """The Procfile's ``web`` line for ``service``; yields its base URL."""
     port = free_port()
-    env = {**service.env, "PORT": str(port), "WEB_ADDRESS": "127.0.0.1", "WEB_CONCURRENCY": str(workers)}
-    log = tmp_path / f"web-{port}.log"
-    with procfile_process("web", env, log) as process:
+    with procfile_web(service.env, tmp_path / f"web-{port}.log", port, workers):
         base = f"http://127.0.0.1:{port}"
-
-        def answers() -> bool:
-            try:
-                return requests.get(f"{base}/healthz", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_until(lambda: answers() or process.poll() is not None, 60, what="web to answer")
-        assert process.poll() is None, log.read_text()
         yield base
 
 

@@ -248,7 +248,7 @@ def test_worker_host_lost_mid_storm_every_clip_ready_once(deployment, tmp_path):
     cut_at = time.monotonic()
     victim.cut()
     # Cut off but still running: its jobs cannot store or finish, and the janitor gives them to the survivor.
-    # Seconds, or a minute more if the cut host was running the janitor then: its lock outlives it by 60 s.
+    # Seconds, a few more if the cut host was running the janitor then: its lock lapses one interval later.
     deployment.wait(lambda: all(deployment.get(f"/api/v1/clips/{c}/job").get("redeliveries") for c in lost),
                     120, "the janitor to queue the cut host's jobs again")
     requeued_at = time.monotonic()

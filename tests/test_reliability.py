@@ -753,3 +753,32 @@ def test_scratch_folders_left_by_killed_workers_are_swept(service_factory, maste
     assert service.wait_for_clip(clip_id)["status"] == "ready"
     assert not stale.exists()
     assert fresh.exists()
+
+
+def test_maintenance_lock_is_renewed_while_its_run_lasts_and_never_lives_longer_than_one_interval(service_factory):
+    import threading
+
+    from clipqueue.keys import maintenance_lock_key
+    from clipqueue.tasks import _exclusively
+
+    service = service_factory()
+    client = redis.Redis.from_url(service.env["REDIS_URL"])
+    key = maintenance_lock_key("test-run")
+    release = threading.Event()
+    results = []
+
+    def long_run():
+        with service.app.app_context():
+            results.append(_exclusively("test-run", 1.0, lambda: release.wait(30) and "done"))
+
+    runner = threading.Thread(target=long_run)
+    runner.start()
+    try:
+        time.sleep(7)  # past the lock's 5 s life: only its renewals keep it
+        with service.app.app_context():
+            assert _exclusively("test-run", 1.0, lambda: "second") is None
+        assert 0 < client.pttl(key) <= 5000
+    finally:
+        release.set()
+        runner.join(30)
+    assert results == ["done"] and not client.exists(key)

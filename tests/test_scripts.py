@@ -51,6 +51,17 @@ def procfile_process(name: str, env: dict[str, str], log: Path):
         stop_process_group(process)
 
 
+@contextmanager
+def procfile_web(env: dict[str, str], log: Path, port: int, workers: int = 1):
+    """The Procfile's ``web`` line on loopback ``port``, once it answers; yields its process."""
+    web_env = {**env, "PORT": str(port), "WEB_ADDRESS": "127.0.0.1", "WEB_CONCURRENCY": str(workers)}
+    with procfile_process("web", web_env, log) as process:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz") or process.poll() is not None, 60,
+                   what="web to answer")
+        assert process.poll() is None, log.read_text()
+        yield process
+
+
 def test_start_sh_no_longer_opens_private_sources_and_keeps_web_on_loopback():
     env = demo_environment()
     assert "ALLOW_PRIVATE_SOURCES" not in env

@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,8 +20,8 @@ import pytest
 import requests
 
 from samplevod.server import serve_directory
-from tests.services import REPO, free_port, wait_until
-from tests.test_scripts import procfile_process
+from tests.services import REPO, free_port
+from tests.test_scripts import procfile_web
 
 pytestmark = pytest.mark.e2e
 
@@ -119,17 +118,7 @@ def live_service(service_factory, tmp_path: Path, worker: bool = True, **env):
     service = service_factory(PUBLIC_BASE_URL=base, **env)
     if worker:
         service.start_worker()
-    web_env = {**service.env, "PORT": str(port), "WEB_ADDRESS": "127.0.0.1", "WEB_CONCURRENCY": "1"}
-    log = tmp_path / "web.log"
-    with procfile_process("web", web_env, log) as process:
-        def answers() -> bool:
-            try:
-                return requests.get(f"{base}/healthz", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_until(lambda: answers() or process.poll() is not None, 60, what="web to answer")
-        assert process.poll() is None, log.read_text()
+    with procfile_web(service.env, tmp_path / "web.log", port) as process:
         yield service, base, process
 
 
@@ -137,17 +126,6 @@ def leaf_processes(pid: int) -> list[int]:
     """The processes at the ends of ``pid``'s tree: for gunicorn, its workers."""
     listed = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     return [leaf for child in listed for leaf in leaf_processes(int(child))] if listed else [pid]
-
-
-def record_outputs(service, clip_id: str, **columns) -> None:
-    """Write a clip's output columns, as the worker that makes them would."""
-    from clipqueue.models import Clip, db
-
-    with service.app.app_context():
-        row = db.session.get(Clip, uuid.UUID(clip_id))
-        for name, value in columns.items():
-            setattr(row, name, value)
-        db.session.commit()
 
 
 def fill_clip_form(page, vod_url: str, start: str, end: str, title: str | None = None) -> None:
@@ -203,6 +181,7 @@ def test_a_clip_made_through_the_form_moves_live_to_a_playable_card(
         assert page.input_value("#start_time") == "0:02"
         page.fill("#end_time", "6.5")
         page.fill("#title", "from the page")
+        page.check('input[name="outputs"][value="portrait"]')
         page.click("#create-button")
 
         clip_id = new_card_id(page)
@@ -246,20 +225,22 @@ def test_a_clip_made_through_the_form_moves_live_to_a_playable_card(
         origins = page.evaluate("performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
         assert set(origins) <= {base, vod_origin}, origins
 
-        # The outputs other work adds to a ready clip (a preview loop, thumbnail sizes, a portrait version),
-        # given here by the clip's own files: once the record has them, a new page shows them.
-        record_outputs(service, clip_id, preview_url=clip["video_url"], portrait_url=clip["video_url"],
-                       thumbnails={"small": clip["thumbnail_url"], "medium": clip["thumbnail_url"]})
-        page.reload()
-        thumb = page.locator(f"{card(clip_id)} img.thumb")
+        # A new visitor (no localStorage) sees the clip from the service's listing, with what the worker made
+        # beside it: thumbnails in sizes, the preview loop on hover, the portrait version.
+        assert clip["preview_url"] and clip["thumbnails"] and clip["portrait_url"], clip
+        visitor = open_page(f"{base}/")
+        thumb = visitor.locator(f"{card(clip_id)} img.thumb")
         thumb.wait_for()
-        assert thumb.get_attribute("srcset") == f"{clip['thumbnail_url']} 320w, {clip['thumbnail_url']} 640w"
-        assert page.get_attribute(f"{card(clip_id)} a.portrait", "href") == clip["video_url"]
-        page.hover(f"{card(clip_id)} .media")
-        page.wait_for_function("(selector) => document.querySelector(selector).readyState >= 2",
-                               arg=f"{card(clip_id)} .preview-slot.on video.preview")
-        assert page.evaluate("(selector) => document.querySelector(selector).muted",
-                             f"{card(clip_id)} video.preview")
+        sizes = clip["thumbnails"]
+        expected = [f"{sizes['small']} 320w"] + ([f"{sizes['medium']} 640w"] if sizes["medium"] != sizes["small"] else [])
+        assert thumb.get_attribute("srcset").split(", ")[:len(expected)] == expected
+        assert visitor.get_attribute(f"{card(clip_id)} a.portrait", "href") == clip["portrait_url"]
+        visitor.hover(f"{card(clip_id)} .media")
+        visitor.wait_for_function("(selector) => document.querySelector(selector).readyState >= 2",
+                                  arg=f"{card(clip_id)} .preview-slot.on video.preview")
+        assert visitor.evaluate("(selector) => document.querySelector(selector).muted",
+                                f"{card(clip_id)} video.preview")
+        assert visitor.js_errors == []
         assert page.js_errors == []
 
 

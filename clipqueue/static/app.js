@@ -412,8 +412,11 @@
     thumb.hidden = !ready || !thumbUrl;
     if (ready && thumbUrl && thumb.getAttribute("src") !== thumbUrl) {
       const sizes = clip.thumbnails || {};
+      // A size the clip is too small for shares the next smaller one's file (never upscaled): list each file once.
+      const seen = new Set();
       const candidates = [["small", 320], ["medium", 640], ["large", 1280]]
-        .filter(([size]) => sizes[size]).map(([size, width]) => `${sizes[size]} ${width}w`);
+        .filter(([size]) => sizes[size] && !seen.has(sizes[size]) && seen.add(sizes[size]))
+        .map(([size, width]) => `${sizes[size]} ${width}w`);
       if (candidates.length) {
         thumb.srcset = candidates.join(", ");
         thumb.sizes = "(max-width: 600px) 100vw, 360px";
