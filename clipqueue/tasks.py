@@ -439,11 +439,14 @@ def _twin_output(twin_id: str) -> tuple[dict | None, bool]:
 def _copy_output(twin_id: str, clip_id: str, output: dict, storage: Storage) -> StoredClip:
     """``output`` of ``twin_id`` with each of its stored objects copied under ``clip_id``'s keys."""
     prefix = object_key(twin_id, "")
+    done: dict[str, str] = {}  # thumbnail sizes capped at the clip's width share one object: copy it once
 
     def copied(value):
         if isinstance(value, str) and prefix in value:
             suffix = value.rpartition(prefix)[2]
-            return storage.copy(prefix + suffix, object_key(clip_id, suffix))
+            if suffix not in done:
+                done[suffix] = storage.copy(prefix + suffix, object_key(clip_id, suffix))
+            return done[suffix]
         if isinstance(value, dict):
             return {name: copied(item) for name, item in value.items()}
         if isinstance(value, list):
