@@ -147,7 +147,7 @@ def job_queue_keys() -> list[str]:
 
 def job_list(priority: str = PRIORITY_NORMAL) -> str:
     """The Redis list where a queued job of ``priority`` waits (kombu's list for its step)."""
-    return job_step_list(max(step for step in PRIORITY_STEPS if step <= broker_priority(priority)))
+    return job_step_list(broker_priority(priority))  # each priority is sent at a step of its own
 
 
 def waiting_clip_ids() -> set[str]:
